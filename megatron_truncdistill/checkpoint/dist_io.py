@@ -1,0 +1,74 @@
+"""Atomic, synchronous megatron-core ``dist_checkpointing`` save/load: the only place that calls it.
+
+Why a wrapper:
+- Atomicity. All ranks write into ``<dir>.partial``; only after every rank has finished does rank 0 rename it to
+  ``<dir>``. A kill during a save leaves a ``.partial`` directory that loaders never look at, so the newest
+  *complete* checkpoint is never damaged.
+- Cost. The torch_dist writer fetches a results queue from a ``spawn``-context ``multiprocessing.Manager`` (a
+  fresh interpreter per process, ~17 s per save on 4 CPU ranks). That queue is only needed when the write runs in
+  a separate async process; we always save synchronously, in-process, so an in-process ``queue.Queue`` serves.
+  The strategy writes with one thread per rank (no forked writer processes from a rank that holds gloo sockets).
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+from pathlib import Path
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _use_in_process_results_queue() -> None:
+    """Pre-fill megatron's lazily created writer results queue (see module docstring)."""
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def save_sharded(sharded_state_dict: dict, directory: str | Path) -> Path:
+    """Save a sharded state dict (collective over all ranks) to ``directory``, atomically.
+
+    Raises FileExistsError if ``directory`` already holds a complete checkpoint (callers choose new names).
+    """
+    final = Path(directory)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    if final.exists():
+        raise FileExistsError(f"checkpoint directory {final} already exists; refusing to overwrite it")
+    if _is_rank0():
+        shutil.rmtree(partial, ignore_errors=True)  # debris of an interrupted save
+        partial.mkdir(parents=True)
+    _barrier()
+    _use_in_process_results_queue()
+    strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1)
+    dist_checkpointing.save(sharded_state_dict, str(partial), sharded_strategy=strategy)
+    _barrier()
+    if _is_rank0():
+        partial.rename(final)
+    _barrier()
+    return final
+
+
+def load_sharded(sharded_state_dict: dict, directory: str | Path) -> dict:
+    """Load the tensors ``sharded_state_dict`` asks for from ``directory`` (any saved layout; extra keys ignored).
+
+    A missing directory or one left half-written by an interrupted save is refused with its path.
+    """
+    path = Path(directory)
+    if not (path / "metadata.json").is_file():
+        hint = " (an interrupted save?)" if path.name.endswith(PARTIAL_SUFFIX) else ""
+        raise FileNotFoundError(f"{path} is not a complete dist_checkpointing checkpoint{hint}: no metadata.json")
+    return dist_checkpointing.load(sharded_state_dict, str(path))

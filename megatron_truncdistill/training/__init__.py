@@ -1,0 +1,1 @@
+"""The training loop and its parts: DDP/optimizer setup, the pipelined step, metrics."""

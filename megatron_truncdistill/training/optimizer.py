@@ -1,0 +1,133 @@
+"""Student-only DDP, megatron-core optimizer and LR schedule, and the optimizer-state checkpoint workarounds.
+
+The teacher never appears here: it is frozen, outside DDP and outside the optimizer.
+
+megatron-core 0.16 bugs worked around (they bite whenever neither Transformer Engine nor apex is installed, i.e.
+on every CPU run and on GPUs without them):
+- the distributed optimizer's checkpoint load restores Adam's ``step`` as ONE tensor object shared by every
+  parameter's state; torch's Adam increments it in place once per parameter, so step 5 became 57 after one
+  iteration and bias correction silently diverged. ``untie_adam_steps`` gives each parameter its own copy.
+- loading needs the optimizer states to exist first (``_init_optimizer_states_with_dummy_values``).
+- the reshardable format must be requested explicitly (``fully_reshardable``); ``dp_reshardable`` resumes at
+  step 1 and cannot change TP/PP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+OPTIMIZER_SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+@dataclass
+class OptimizerSettings:
+    """AdamW and its schedule. Defaults reproduce the paper: lr 4e-6, weight decay 0.05, 10% warmup, cosine."""
+
+    lr: float = 4e-6
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """Floor of the cosine decay."""
+    weight_decay: float = 0.05
+    """Decoupled (AdamW) weight decay."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    warmup_fraction: float = 0.1
+    """Fraction of train_steps spent in linear warmup."""
+    lr_decay_style: str = "cosine"
+    """megatron-core decay style: constant, linear, cosine, inverse-square-root, WSD."""
+    use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+
+
+def wrap_student_ddp(student_chunks: list, *, transformer_config, use_distributed_optimizer: bool) -> list:
+    """Wrap each student model chunk in megatron-core DDP (fp32 grad buffers, overlap off for determinism)."""
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        use_distributed_optimizer=use_distributed_optimizer,
+        overlap_grad_reduce=False,
+    )
+    return [DistributedDataParallel(transformer_config, ddp_config, chunk) for chunk in student_chunks]
+
+
+def install_grad_finalizer(transformer_config, ddp_chunks: list) -> None:
+    """Point the schedule's grad-sync hooks at the student's DDP chunks.
+
+    The pipeline schedule calls ``config.finalize_model_grads_func(models, num_tokens)`` with whatever it was
+    given as ``model`` (our co-located stage wrapper); the grads to finish live in the student's DDP chunks.
+    """
+    transformer_config.no_sync_func = ddp_chunks[0].no_sync
+    transformer_config.finalize_model_grads_func = lambda _models, num_tokens=None, **kw: finalize_model_grads(
+        ddp_chunks, num_tokens
+    )
+
+
+def build_optimizer(ddp_chunks: list, settings: OptimizerSettings, *, train_steps: int, params_dtype):
+    """megatron-core AdamW over the student, and the warmup + decay LR schedule."""
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_eps=settings.adam_eps,
+        clip_grad=settings.clip_grad,
+        use_distributed_optimizer=settings.use_distributed_optimizer,
+        bf16=params_dtype == torch.bfloat16,
+        params_dtype=params_dtype,
+    )
+    optimizer = get_megatron_optimizer(config, ddp_chunks)
+    warmup = int(round(settings.warmup_fraction * train_steps))
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if warmup else settings.lr,
+        max_lr=settings.lr,
+        min_lr=settings.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=max(train_steps, warmup + 1),
+        lr_decay_style=settings.lr_decay_style,
+        start_wd=settings.weight_decay,
+        end_wd=settings.weight_decay,
+        wd_incr_steps=max(train_steps, 1),
+        wd_incr_style="constant",
+    )
+    return optimizer, scheduler
+
+
+def _inner_optimizers(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def optimizer_sharded_state_dict(optimizer, model_sharded_state_dict: dict, *, is_loading: bool) -> dict:
+    """The optimizer's sharded state in the reshardable format; prepares empty states first when loading."""
+    if is_loading:
+        for inner in _inner_optimizers(optimizer):
+            if isinstance(inner, DistributedOptimizer):
+                inner._init_optimizer_states_with_dummy_values()
+    return optimizer.sharded_state_dict(
+        model_sharded_state_dict, is_loading=is_loading, metadata=OPTIMIZER_SHARDING_METADATA
+    )
+
+
+def untie_adam_steps(optimizer) -> int:
+    """Give every parameter's Adam state its own ``step`` tensor (see module docstring). Returns states fixed."""
+    fixed = 0
+    for inner in _inner_optimizers(optimizer):
+        torch_opt = getattr(inner, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for state in torch_opt.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.clone()
+                fixed += 1
+    return fixed
