@@ -1,0 +1,171 @@
+"""Records → tokens + section codes, one chunk at a time: the work each worker process does.
+
+Kept free of torch and megatron-core so a spawned worker starts in about a second. Per chunk:
+parse → normalize → render (chat template) → one ``encode_batch`` → sections from two cut indices → filters →
+truncation. The tokenizer call dominates; everything else is O(1) Python work per document plus numpy slicing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from megatron_truncdistill.preprocess.readers import RawRecord
+from megatron_truncdistill.preprocess.records import RecordSpec, Reject, Trace, normalize
+from megatron_truncdistill.preprocess.rendering import Rendered, probe_layout, render_trace
+from megatron_truncdistill.preprocess.truncation import TruncationPolicy, truncate
+from megatron_truncdistill.sections import Section
+from megatron_truncdistill.tokenization import load_tokenizer
+
+_SECTION_CODES = np.array([Section.PROMPT, Section.COT, Section.ANSWER], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Filters applied before truncation; each rejection is counted under its reason in the manifest."""
+
+    max_source_tokens: int | None = None  # reject documents longer than this (the paper keeps < 4,096)
+    require_closed_thinking: bool = False  # reject traces cut off before the closing marker
+    min_tokens: int = 1
+    min_cot_tokens: int = 0  # COT section tokens, markers included
+    min_answer_tokens: int = 0
+    max_record_chars: int = 4_000_000  # rendered text longer than this is rejected before the tokenizer sees it
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs; small and picklable (workers load their own tokenizer from the path)."""
+
+    tokenizer: str
+    chat_format: str | None
+    spec: RecordSpec
+    policy: TruncationPolicy
+    filters: FilterConfig
+
+
+@dataclass
+class Stats:
+    """Counts merged over chunks in input order. Token counts are [3] indexed by Section, for written documents."""
+
+    read: int = 0
+    written: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    tokens_before: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+    tokens_after: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+    source_lengths: Counter = field(default_factory=Counter)  # bucket b counts lengths in [2^(b-1), 2^b)
+    written_lengths: Counter = field(default_factory=Counter)
+
+    def merge(self, other: "Stats") -> None:
+        self.read += other.read
+        self.written += other.written
+        self.rejected.update(other.rejected)
+        self.tokens_before += other.tokens_before
+        self.tokens_after += other.tokens_after
+        self.source_lengths.update(other.source_lengths)
+        self.written_lengths.update(other.written_lengths)
+
+
+@dataclass
+class ChunkResult:
+    """Output of one chunk. tokens/sections: [sum(lengths)] documents back to back; lengths: [docs]."""
+
+    tokens: np.ndarray
+    sections: np.ndarray
+    lengths: np.ndarray
+    rejects: list[dict]
+    stats: Stats
+
+
+def parse_payload(record: RawRecord):
+    """A JSONL line → its JSON value, or a Reject for bytes that are not UTF-8 or not JSON."""
+    if not isinstance(record.payload, bytes):
+        return record.payload
+    try:
+        text = record.payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Reject("invalid_utf8", f"byte {err.start} of the line is not UTF-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        return Reject("malformed_json", f"{err.msg} at column {err.colno}")
+
+
+class DocumentProcessor:
+    """Holds a tokenizer and the chat layout; ``process`` turns a chunk of raw records into written docs + rejects."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.tok = load_tokenizer(job.tokenizer, chat_format=job.chat_format)
+        self.layout = probe_layout(self.tok, think_open=job.spec.think_open, think_close=job.spec.think_close)
+
+    def _render(self, record: RawRecord) -> Rendered | Reject:
+        row = parse_payload(record)
+        trace = row if isinstance(row, Reject) else normalize(row, self.job.spec)
+        if isinstance(trace, Reject):
+            return trace
+        assert isinstance(trace, Trace)
+        if self.job.filters.require_closed_thinking and not trace.thinking_closed:
+            return Reject("unclosed_thinking", "the response ends before the thinking is closed")
+        try:
+            rendered = render_trace(self.tok, self.layout, trace)
+        except Exception as err:  # a template's raise_exception or a jinja error on this record's turns
+            return Reject("chat_template_error", str(err))
+        if len(rendered.text) > self.job.filters.max_record_chars:
+            return Reject("record_too_long", f"{len(rendered.text)} rendered chars > --max-record-chars")
+        return rendered
+
+    def _filter(self, n: int, counts: np.ndarray) -> Reject | None:
+        f = self.job.filters
+        if f.max_source_tokens is not None and n > f.max_source_tokens:
+            return Reject("over_max_source_tokens", f"{n} tokens > --max-source-tokens {f.max_source_tokens}")
+        if n < f.min_tokens:
+            return Reject("under_min_tokens", f"{n} tokens < --min-tokens {f.min_tokens}")
+        if counts[Section.COT] < f.min_cot_tokens:
+            return Reject("under_min_cot_tokens", f"{counts[Section.COT]} CoT tokens < --min-cot-tokens")
+        if counts[Section.ANSWER] < f.min_answer_tokens:
+            return Reject("under_min_answer_tokens", f"{counts[Section.ANSWER]} answer tokens < --min-answer-tokens")
+        return None
+
+    def process(self, records: list[RawRecord]) -> ChunkResult:
+        stats, rejects = Stats(read=len(records)), []
+        rendered = [self._render(r) for r in records]
+        todo = [i for i, r in enumerate(rendered) if isinstance(r, Rendered)]
+        encoded = self.tok.encode_batch([rendered[i].text for i in todo],
+                                        [(rendered[i].cot_start, rendered[i].answer_start) for i in todo])
+        outcome: dict[int, Reject | tuple[np.ndarray, np.ndarray]] = {
+            i: r for i, r in enumerate(rendered) if isinstance(r, Reject)}
+        for i, enc in zip(todo, encoded):
+            n, (cot_at, answer_at) = enc.ids.size, enc.cuts
+            counts = np.array([cot_at, answer_at - cot_at, n - answer_at])  # [3] tokens per section
+            outcome[i] = self._filter(n, counts) or self._keep(enc.ids, counts, stats)
+        tokens, sections, lengths = [], [], []
+        for i, record in enumerate(records):
+            out = outcome[i]
+            if isinstance(out, Reject):
+                stats.rejected[out.reason] += 1
+                rejects.append({**record.where(), "reason": out.reason, "detail": out.detail})
+            else:
+                tokens.append(out[0])
+                sections.append(out[1])
+                lengths.append(out[0].size)
+        stats.written = len(lengths)
+        return ChunkResult(_concat(tokens, np.int32), _concat(sections, np.uint8),
+                           np.asarray(lengths, dtype=np.int64), rejects, stats)
+
+    def _keep(self, ids: np.ndarray, counts: np.ndarray, stats: Stats) -> Reject | tuple[np.ndarray, np.ndarray]:
+        sections = np.repeat(_SECTION_CODES, counts)  # [n] uint8, sections are contiguous and in order
+        kept_ids, kept_sections = truncate(self.job.policy, ids, sections)
+        if kept_ids.size == 0:
+            return Reject("empty_after_truncation", f"the {self.job.policy.kind} policy keeps no token")
+        stats.tokens_before += counts
+        stats.tokens_after += np.bincount(kept_sections, minlength=3)
+        stats.source_lengths[int(ids.size).bit_length()] += 1
+        stats.written_lengths[int(kept_ids.size).bit_length()] += 1
+        return kept_ids, kept_sections
+
+
+def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype=dtype)

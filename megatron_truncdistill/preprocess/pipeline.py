@@ -1,0 +1,170 @@
+"""The preprocessing run: read → N worker processes → ordered write → manifest.
+
+Records are grouped into chunks of ``chunk_docs``; chunks go to a process pool and come back in submission order, so
+the output bytes do not depend on the worker count (1 worker runs in-process). At most ``4 × workers`` chunks are in
+flight, which bounds memory whatever the corpus size (``Pool.imap`` would read the whole input ahead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from megatron_truncdistill.preprocess.document import ChunkResult, DocumentProcessor, Job, Stats
+from megatron_truncdistill.preprocess.manifest import build_manifest
+from megatron_truncdistill.preprocess.readers import InputError, Reader, RawRecord, expand_inputs, file_sha256, \
+    input_files
+from megatron_truncdistill.preprocess.rendering import TemplateError
+from megatron_truncdistill.tokenization import TokenizerError
+
+if TYPE_CHECKING:
+    from megatron_truncdistill.preprocess.writer import DatasetWriter
+
+
+class PreprocessError(Exception):
+    """A fatal problem, reported as one line naming the file (and line) and the fix."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """One run. ``job`` is what workers need; the rest is orchestration."""
+
+    inputs: list[str]
+    output_prefix: str
+    job: Job
+    workers: int = 1
+    chunk_docs: int = 64  # records per worker task: large enough to amortize IPC, small enough to keep order cheap
+    strict: bool = False  # any reject fails the run (and writes nothing)
+    overwrite: bool = False
+    progress: bool = True
+
+
+class Progress:
+    """A one-line progress display on stderr: docs/s, tokens/s and an ETA from the input bytes consumed."""
+
+    def __init__(self, total_bytes: int, *, enabled: bool) -> None:
+        self.total_bytes, self.enabled = max(total_bytes, 1), enabled
+        self.start = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, stats: Stats, bytes_done: int, *, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 30.0)):
+            return
+        self.last, elapsed = now, max(now - self.start, 1e-9)
+        tokens = int(stats.tokens_before.sum())
+        frac = min(bytes_done / self.total_bytes, 1.0)
+        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        line = (f"{stats.read:,} docs ({stats.read / elapsed:,.0f}/s) | {tokens / 1e6:,.1f}M tokens "
+                f"({tokens / elapsed / 1e6:,.2f}M/s) | {stats.written:,} written, {sum(stats.rejected.values()):,} "
+                f"rejected | {100 * frac:.0f}% | ETA {eta:,.0f}s")
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    chunk: list[RawRecord] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+_WORKER: DocumentProcessor | None = None
+
+
+def _init_worker(job: Job) -> None:
+    global _WORKER  # one processor per worker process, built once (tokenizer load + template probe)
+    _WORKER = DocumentProcessor(job)
+
+
+def _process(chunk: list[RawRecord]) -> ChunkResult:
+    return _WORKER.process(chunk)
+
+
+def ordered_results(processor: DocumentProcessor, chunks: Iterable[list[RawRecord]], workers: int
+                    ) -> Iterator[ChunkResult]:
+    """Process chunks with ``workers`` processes, yielding results in input order with a bounded window.
+
+    One worker runs in this process with ``processor``; more start a pool whose workers build their own from
+    ``processor.job``.
+    """
+    if workers == 1:
+        yield from map(processor.process, chunks)
+        return
+    job = processor.job
+    # spawn, not fork: the parent holds torch/megatron state that children must not inherit.
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_process, (chunk,)))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _describe_inputs(paths) -> list[dict]:
+    return [{"path": str(p), "files": [{"name": f.name, "bytes": f.stat().st_size, "sha256": file_sha256(f)}
+                                       for f in input_files(p)]} for p in paths]
+
+
+def _strict_failure(chunk: ChunkResult) -> PreprocessError:
+    r = chunk.rejects[0]
+    where = f"{r['source']}:{r.get('line', r.get('row'))}"
+    return PreprocessError(f"{where}: rejected ({r['reason']}: {r['detail']}); --strict fails on any reject: "
+                           "fix the record or drop --strict")
+
+
+def _stream(cfg: PreprocessConfig, processor: DocumentProcessor, reader: Reader, writer: DatasetWriter) -> Stats:
+    stats, progress = Stats(), Progress(reader.total_bytes, enabled=cfg.progress)
+    for chunk in ordered_results(processor, _chunks(reader, cfg.chunk_docs), cfg.workers):
+        if cfg.strict and chunk.rejects:
+            raise _strict_failure(chunk)
+        writer.add(chunk)
+        stats.merge(chunk.stats)
+        progress.update(stats, reader.bytes_done)
+    progress.update(stats, reader.total_bytes, final=True)
+    if stats.written == 0:
+        raise PreprocessError(f"no record was written ({stats.read} read, rejected: {dict(stats.rejected)}); "
+                              "check --format and the field options")
+    return stats
+
+
+def run(cfg: PreprocessConfig) -> dict:
+    """Run the whole job; returns the manifest. Raises PreprocessError for anything fatal, leaving no output."""
+    # Imported here, not at module top: spawned workers re-import the entry module, and the writer pulls in torch and
+    # megatron-core (seconds per worker) that workers never use.
+    from megatron_truncdistill.preprocess.writer import DatasetWriter, OutputError
+
+    start = time.perf_counter()
+    try:
+        paths = expand_inputs(cfg.inputs)
+        probe = DocumentProcessor(cfg.job)  # fails fast on a bad tokenizer or template, before any output exists
+        reader = Reader(paths)
+        writer = DatasetWriter(cfg.output_prefix, vocab_size=probe.tok.vocab_size, overwrite=cfg.overwrite)
+    except (InputError, TokenizerError, TemplateError, OutputError) as err:
+        raise PreprocessError(str(err)) from err
+    try:
+        stats = _stream(cfg, probe, reader, writer)
+        settings = {"chat_layout": probe.layout.to_json(), "records": dataclasses.asdict(cfg.job.spec),
+                    "truncation": cfg.job.policy.to_json(), "filters": dataclasses.asdict(cfg.job.filters)}
+        manifest = build_manifest(inputs=_describe_inputs(paths), tok=probe.tok, settings=settings, stats=stats,
+                                  wall_s=time.perf_counter() - start, workers=cfg.workers,
+                                  token_dtype=writer.token_dtype.__name__)
+        writer.commit(manifest)
+        return manifest
+    except InputError as err:
+        writer.abort()
+        raise PreprocessError(str(err)) from err
+    except BaseException:
+        writer.abort()
+        raise
