@@ -1,0 +1,84 @@
+"""``convert_checkpoint.py hf-to-mcore | mcore-to-hf``: the converter's command line (tools/ holds the script).
+
+Bad input exits non-zero with one ``error: ...`` line and no traceback; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import sys
+import tempfile
+
+_USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)  # ConversionError is a ValueError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Convert between Hugging Face and megatron-core checkpoints.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    to_mcore = sub.add_parser("hf-to-mcore", help="HF safetensors directory → megatron-core dist checkpoint")
+    to_mcore.add_argument("--input", required=True, help="HF model directory (config.json + safetensors)")
+    to_mcore.add_argument("--output", required=True, help="checkpoint directory to create")
+    to_mcore.add_argument("--padded-vocab-size", type=int, default=None,
+                          help="embedding rows to store (default: HF rows rounded up to --vocab-divisible-by)")
+    to_mcore.add_argument("--vocab-divisible-by", type=int, default=128)
+    to_mcore.add_argument("--overwrite", action="store_true")
+    to_hf = sub.add_parser("mcore-to-hf", help="checkpoint of this project (any TP/PP) → HF safetensors")
+    to_hf.add_argument("--input", required=True, help="checkpoint directory (converter's or trainer's)")
+    to_hf.add_argument("--output", required=True, help="HF directory to create")
+    to_hf.add_argument("--tokenizer", default=None, help="directory whose tokenizer files are copied alongside")
+    to_hf.add_argument("--max-shard-gb", type=float, default=5.0)
+    to_hf.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+@contextlib.contextmanager
+def single_process_world():
+    """A torch.distributed world of one CPU process (gloo): dist_checkpointing is collective even alone."""
+    import torch.distributed as dist
+
+    from megatron_truncdistill.runtime import enable_cpu_runtime
+
+    if dist.is_initialized():
+        if dist.get_world_size() != 1:
+            raise ValueError("run the converter as a single process (not under torchrun with several ranks)")
+        yield
+        return
+    enable_cpu_runtime()
+    with tempfile.TemporaryDirectory(prefix="convert_store_") as tmp:
+        store = dist.FileStore(f"{tmp}/store", 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1, timeout=datetime.timedelta(hours=2))
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> None:
+    from megatron_truncdistill.runtime import warm_imports  # noqa: F401  (silences TE/apex import warnings)
+
+    if args.command == "hf-to-mcore":
+        from megatron_truncdistill.convert.hf_to_mcore import hf_to_mcore
+
+        with single_process_world():
+            hf_to_mcore(args.input, args.output, overwrite=args.overwrite, padded_vocab=args.padded_vocab_size,
+                        vocab_divisible_by=args.vocab_divisible_by)
+    else:
+        from megatron_truncdistill.convert.mcore_to_hf import mcore_to_hf
+
+        with single_process_world():
+            mcore_to_hf(args.input, args.output, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
+                        max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except _USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

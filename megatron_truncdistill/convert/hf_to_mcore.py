@@ -1,0 +1,125 @@
+"""HF safetensors → megatron-core distributed checkpoint (loads at any TP×PP; see README.md).
+
+Runs as one process (a torch.distributed world of 1): the model is built once at TP1/PP1 on the CPU, filled
+tensor by tensor from lazily opened safetensors shards, and saved with dist_checkpointing, whose layout-free keys
+let any TP×PP layout load it. Host memory: the megatron model once, plus the few HF tensors of one layer entry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from tqdm import tqdm
+
+from megatron_truncdistill.convert.hf_io import ConversionError, HFCheckpoint, TOKENIZER_FILES, prepare_output_dir
+from megatron_truncdistill.convert.hf_names import FuseGateUp, PackQKV, VocabRows, hf_shape, name_map
+from megatron_truncdistill.convert.model_checkpoint import ModelMeta, dtype_name, save_model_checkpoint
+from megatron_truncdistill.models import BuildOptions, architecture_from_hf, build_gpt_model, padded_vocab_size
+from megatron_truncdistill.models.hf_config import ModelArchitecture
+from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
+
+# HF tensors that carry no weights megatron needs (recomputed buffers saved by old Llama checkpoints).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False,
+                padded_vocab: int | None = None, vocab_divisible_by: int = 128, progress: bool = True) -> ModelMeta:
+    """Convert ``hf_dir`` into a model checkpoint at ``out_dir``; needs a torch.distributed world of size 1.
+
+    ``padded_vocab`` defaults to the HF row count rounded up to ``vocab_divisible_by``; an explicit value must be
+    a multiple of it. Parameters keep the checkpoint's dtype (fp16 sources become fp32, losslessly).
+    """
+    source = HFCheckpoint(hf_dir)
+    arch = architecture_from_hf(source.config)
+    out = Path(out_dir)
+    prepare_output_dir(out, overwrite=overwrite, create=False)
+    tokenizer = _tokenizer_identity(source.directory)
+    real_vocab = tokenizer["vocab_size"] if tokenizer else arch.vocab_size
+    padded = _choose_padded_vocab(arch, real_vocab, padded_vocab, vocab_divisible_by)
+    meta = ModelMeta(hf_config=source.config, vocab_size=real_vocab, padded_vocab_size=padded,
+                     params_dtype=dtype_name(_source_dtype(source.config)), tokenizer=tokenizer,
+                     generation_config=source.optional_json("generation_config.json"))
+    ctx = initialize_parallel(1, 1)
+    try:
+        options = BuildOptions(params_dtype=meta.torch_dtype, use_te=False, perform_initialization=False)
+        model = build_gpt_model(arch, ctx, padded_vocab_size=padded, options=options)
+        fill_from_hf(model, source, arch, progress=progress)
+        save_model_checkpoint([model], out, meta)
+    finally:
+        destroy_parallel()
+    return meta
+
+
+def fill_from_hf(model: GPTModel, source: HFCheckpoint, arch: ModelArchitecture, *, progress: bool = True) -> None:
+    """Copy every HF tensor into the TP1/PP1 ``model`` through the architecture's name map."""
+    params = dict(model.named_parameters())
+    used: set[str] = set()
+    for mcore_name, rule in tqdm(name_map(arch), desc="hf→mcore", unit="tensor", disable=not progress):
+        param = params.pop(mcore_name)
+        tensor = _mcore_tensor(mcore_name, rule, source, arch, rows=param.shape[0])
+        if tensor.shape != param.shape:
+            raise ConversionError(f"tensor shape mismatch for {mcore_name}: converted {tuple(tensor.shape)}, "
+                                  f"model has {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(tensor)
+        used.update([rule] if isinstance(rule, str) else rule.hf_names())
+    if params:  # a megatron parameter the map does not cover: a bug in the map, never silently left random
+        raise ConversionError(f"no HF source for megatron parameter {sorted(params)[0]}")
+    _refuse_unused(source, used, arch)
+
+
+def _mcore_tensor(mcore_name: str, rule, source: HFCheckpoint, arch: ModelArchitecture, *,
+                  rows: int) -> torch.Tensor:
+    """The megatron tensor for one map entry, read from the HF shards."""
+    if isinstance(rule, str):
+        return source.read(rule, hf_shape(rule, arch))
+    if isinstance(rule, PackQKV):
+        return rule.to_mcore(source.read, arch, bias=mcore_name.endswith(".bias"))
+    if isinstance(rule, FuseGateUp):
+        return rule.to_mcore(source.read, arch)
+    assert isinstance(rule, VocabRows)
+    hf_rows = source.read(rule.name, (arch.vocab_size, arch.hidden_size))  # [V_hf, h]
+    out = torch.zeros(rows, arch.hidden_size, dtype=hf_rows.dtype)  # [V_padded, h]; padding rows stay zero
+    kept = min(rows, arch.vocab_size)  # rows beyond the real vocabulary may be dropped (never predicted)
+    out[:kept] = hf_rows[:kept]
+    return out
+
+
+def _refuse_unused(source: HFCheckpoint, used: set[str], arch: ModelArchitecture) -> None:
+    """An HF tensor the map did not consume means math this builder would silently drop."""
+    for name in source.names():
+        if name in used or name.endswith(_IGNORED_SUFFIXES):
+            continue
+        if name == "lm_head.weight" and arch.tie_word_embeddings:  # some tied checkpoints store the copy
+            continue
+        raise ConversionError(f"HF tensor {name} has no megatron counterpart for {arch.hf_architecture}")
+
+
+def _choose_padded_vocab(arch: ModelArchitecture, real_vocab: int, padded: int | None, divisible_by: int) -> int:
+    if arch.vocab_size < real_vocab:
+        raise ConversionError(f"the checkpoint has {arch.vocab_size} embedding rows, fewer than the tokenizer's "
+                              f"{real_vocab} tokens")
+    if padded is None:
+        return padded_vocab_size(arch.vocab_size, 1, divisible_by)
+    if padded % divisible_by:
+        raise ConversionError(f"padded vocabulary size {padded} is not divisible by {divisible_by}")
+    if padded < real_vocab:
+        raise ConversionError(f"padded vocabulary size {padded} is smaller than the real vocabulary ({real_vocab})")
+    return padded
+
+
+def _source_dtype(config: dict) -> torch.dtype:
+    """The checkpoint's dtype as config.json states it (``dtype`` in transformers 5, ``torch_dtype`` before)."""
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
+def _tokenizer_identity(directory: Path) -> dict | None:
+    """The tokenizer's identity when the HF directory ships tokenizer files (the trainer checks it against bins)."""
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    from megatron_truncdistill.tokenization import load_tokenizer  # transformers-heavy; only when needed
+
+    return load_tokenizer(directory).identity()

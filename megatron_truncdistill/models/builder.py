@@ -1,0 +1,58 @@
+"""The one function that builds a pipeline stage of a Qwen3/Qwen2/Llama GPTModel (teacher and student alike)."""
+
+from __future__ import annotations
+
+from megatron.core.models.gpt import GPTModel
+
+from megatron_truncdistill.models.hf_config import ModelArchitecture
+from megatron_truncdistill.models.layer_spec import gpt_layer_spec, resolve_use_te
+from megatron_truncdistill.models.transformer_config import BuildOptions, transformer_config
+from megatron_truncdistill.parallel import ParallelContext
+
+
+def padded_vocab_size(vocab_size: int, tp_size: int, divisible_by: int = 128) -> int:
+    """Round ``vocab_size`` up to a multiple of ``divisible_by × tp_size`` (megatron's convention).
+
+    Each TP rank then holds an equal, GEMM-friendly slice of the embedding and output layer. Padded rows are
+    never predicted: the loss masks logits at ids ≥ the real vocabulary.
+    """
+    multiple = divisible_by * tp_size
+    return -(-vocab_size // multiple) * multiple
+
+
+def check_padded_vocab_size(padded: int, *, tp_size: int, real_vocab_size: int) -> None:
+    """Refuse a padded vocabulary that TP cannot split evenly or that drops real tokens."""
+    if padded % tp_size != 0:
+        raise ValueError(f"padded vocabulary size {padded} is not divisible by tensor_model_parallel_size={tp_size}")
+    if padded < real_vocab_size:
+        raise ValueError(f"padded vocabulary size {padded} is smaller than the real vocabulary ({real_vocab_size})")
+
+
+def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_vocab_size: int,
+                    options: BuildOptions = BuildOptions()) -> GPTModel:
+    """This rank's stage of ``arch``: layers of pipeline stage ``ctx.pp_rank``, TP-sharded over ``ctx.tp_group``.
+
+    The first stage holds the embedding, the last the final norm and the output layer (a separate copy of the
+    embedding when the weights are tied and PP > 1, kept equal by megatron-core). Logits come out vocab-parallel,
+    ``[b, s, padded_vocab_size / tp]``; columns ≥ the real vocabulary must be masked by the loss.
+    megatron-core reads the stage's layer offset from its parallel state, which ``ctx`` describes.
+    """
+    check_padded_vocab_size(padded_vocab_size, tp_size=ctx.tp_size, real_vocab_size=1)
+    use_te = resolve_use_te(options.use_te, fp8=options.fp8 is not None)
+    if arch.num_layers % ctx.pp_size:
+        raise ValueError(f"pipeline_model_parallel_size={ctx.pp_size} must divide num_layers={arch.num_layers}")
+    config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=gpt_layer_spec(arch, use_te=use_te),
+        vocab_size=padded_vocab_size,
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=ctx.is_first_stage,
+        post_process=ctx.is_last_stage,
+        parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=arch.rope_theta,
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,  # unused when rope_scaling is False
+    )
