@@ -39,10 +39,11 @@ def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def save_sharded(sharded_state_dict: dict, directory: str | Path) -> Path:
+def save_sharded(sharded_state_dict: dict, directory: str | Path, *, extra_files: dict[str, str] | None = None) -> Path:
     """Save a sharded state dict (collective over all ranks) to ``directory``, atomically.
 
-    Raises FileExistsError if ``directory`` already holds a complete checkpoint (callers choose new names).
+    ``extra_files`` (name -> text) are written by rank 0 inside the directory before it becomes visible, so
+    metadata and tensors appear together. Raises FileExistsError if ``directory`` already exists.
     """
     final = Path(directory)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -57,6 +58,8 @@ def save_sharded(sharded_state_dict: dict, directory: str | Path) -> Path:
     dist_checkpointing.save(sharded_state_dict, str(partial), sharded_strategy=strategy)
     _barrier()
     if _is_rank0():
+        for name, text in (extra_files or {}).items():
+            (partial / name).write_text(text)
         partial.rename(final)
     _barrier()
     return final

@@ -8,6 +8,9 @@ on every CPU run and on GPUs without them):
   parameter's state; torch's Adam increments it in place once per parameter, so step 5 became 57 after one
   iteration and bias correction silently diverged. ``untie_adam_steps`` gives each parameter its own copy.
 - loading needs the optimizer states to exist first (``_init_optimizer_states_with_dummy_values``).
+- the fully-reshardable load copies every per-parameter state key from the checkpoint, but the checkpoint keeps
+  torch Adam's ``step`` in the param groups, not per parameter: KeyError 'step'. ``_keep_loaded_step`` passes the
+  step that ``load_state_dict`` already restored through unchanged.
 - the reshardable format must be requested explicitly (``fully_reshardable``); ``dp_reshardable`` resumes at
   step 1 and cannot change TP/PP.
 """
@@ -116,6 +119,30 @@ def optimizer_sharded_state_dict(optimizer, model_sharded_state_dict: dict, *, i
     return optimizer.sharded_state_dict(
         model_sharded_state_dict, is_loading=is_loading, metadata=OPTIMIZER_SHARDING_METADATA
     )
+
+
+def _keep_loaded_step(inner: DistributedOptimizer) -> None:
+    """Instance patch: let the per-parameter copy keep the ``step`` restored from the param groups."""
+    original = inner._set_main_param_and_optimizer_states
+
+    def set_states(model_param, tensors):  # replaces DistributedOptimizer._set_main_param_and_optimizer_states
+        group_index, group_order = inner.model_param_group_index_map[model_param]
+        main_param = inner.optimizer.param_groups[group_index]["params"][group_order]
+        state = inner.optimizer.state[main_param]
+        if "step" in state and "step" not in tensors:
+            tensors = dict(tensors, step=state["step"])
+        original(model_param, tensors)
+
+    inner._set_main_param_and_optimizer_states = set_states
+
+
+def load_optimizer_state(optimizer, loaded_state: dict) -> None:
+    """Load what ``optimizer_sharded_state_dict(is_loading=True)`` fetched, with the workarounds above."""
+    for inner in _inner_optimizers(optimizer):
+        if isinstance(inner, DistributedOptimizer):
+            _keep_loaded_step(inner)
+    optimizer.load_state_dict(loaded_state)
+    untie_adam_steps(optimizer)
 
 
 def untie_adam_steps(optimizer) -> int:
