@@ -6,6 +6,10 @@ forced small so every checkpoint has several (exercising the index).
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,7 @@ def save_tiny_model(family: str, directory: Path, *, tied: bool, seed: int = 0, 
             elif name.endswith(".bias"):
                 param.normal_(0.0, 0.1)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="100KB")
+    assert len(list(directory.glob("*.safetensors"))) >= 2, "tiny checkpoints must be sharded"
     return directory
 
 
@@ -60,3 +65,35 @@ def hf_logits(directory: Path, tokens: np.ndarray) -> np.ndarray:
 
 def sample_tokens(batch: int = 2, seq: int = 12, vocab: int = 512, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
+
+
+TINY_MODELS = {  # name → (family, tied): both tie settings, Qwen3 QK-norm, Llama-3 RoPE scaling, Qwen2 qkv bias
+    "qwen3": ("qwen3", False),
+    "qwen3_tied": ("qwen3", True),
+    "llama31": ("llama", False),
+    "qwen2_tied": ("qwen2", True),
+}
+
+
+@functools.cache
+def tiny_checkpoints() -> dict[str, tuple[Path, Path]]:
+    """name → (HF dir, converted megatron checkpoint dir), built once per pytest process and shared by modules.
+
+    Conversion runs in a forked world of one rank: the pytest process itself must never initialize
+    torch.distributed (later forks would inherit it).
+    """
+    from gloo_ranks import run_gloo_ranks
+    from mcore_jobs import convert_all
+
+    root = Path(tempfile.mkdtemp(prefix="tiny_hf_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    dirs = {}
+    for seed, (name, (family, tied)) in enumerate(TINY_MODELS.items()):
+        dirs[name] = (save_tiny_model(family, root / name, tied=tied, seed=seed), root / f"{name}.mcore")
+    run_gloo_ranks(convert_all, 1, [(str(h), str(c)) for h, c in dirs.values()], timeout=120)
+    return dirs
+
+
+@functools.cache
+def reference_logits(name: str) -> np.ndarray:
+    return hf_logits(tiny_checkpoints()[name][0], sample_tokens())

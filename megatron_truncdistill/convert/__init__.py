@@ -6,8 +6,8 @@ from megatron_truncdistill.convert.model_checkpoint import (
     model_sharded_state_dict,
     read_model_meta,
     save_model_checkpoint,
-    write_model_meta,
+    model_meta_files,
 )
 
 __all__ = ["ModelMeta", "load_model_checkpoint", "model_sharded_state_dict", "read_model_meta",
-           "save_model_checkpoint", "write_model_meta"]
+           "save_model_checkpoint", "model_meta_files"]

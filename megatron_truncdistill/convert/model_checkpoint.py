@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
-from megatron.core import dist_checkpointing
 from megatron.core.models.gpt import GPTModel
 
+from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
 from megatron_truncdistill.models.hf_config import ModelArchitecture, architecture_from_hf
 
 META_NAME = "truncdistill_model.json"
@@ -75,13 +74,11 @@ def read_model_meta(directory: str | Path) -> ModelMeta:
     return ModelMeta(**payload)
 
 
-def write_model_meta(directory: str | Path, meta: ModelMeta) -> None:
-    """Rank 0 writes ``truncdistill_model.json`` (call after the tensors are saved: the writer wants an empty dir)."""
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
+def model_meta_files(meta: ModelMeta) -> dict[str, str]:
+    """``{file name: text}`` to pass as ``save_sharded(..., extra_files=...)`` so the JSON appears atomically."""
     payload = dataclasses.asdict(meta)
     payload["architecture"] = meta.architecture.hf_architecture  # for humans and tools reading the JSON
-    (Path(directory) / META_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return {META_NAME: json.dumps(payload, indent=2, sort_keys=True) + "\n"}
 
 
 def model_sharded_state_dict(model_chunks: Sequence[GPTModel]) -> dict:
@@ -92,11 +89,11 @@ def model_sharded_state_dict(model_chunks: Sequence[GPTModel]) -> dict:
 
 
 def save_model_checkpoint(model_chunks: Sequence[GPTModel], directory: str | Path, meta: ModelMeta) -> None:
-    """Collective over all ranks: save this stage's model tensors and the meta JSON into a new ``directory``."""
-    _save_sharded(model_sharded_state_dict(model_chunks), Path(directory))
-    write_model_meta(directory, meta)
-    if dist.is_initialized():
-        dist.barrier()
+    """Collective over all ranks: save this stage's model tensors and the meta JSON into a new ``directory``.
+
+    Atomic (dist_io writes a ``.partial`` directory and renames it), so a reader never sees tensors without meta.
+    """
+    save_sharded(model_sharded_state_dict(model_chunks), directory, extra_files=model_meta_files(meta))
 
 
 def load_model_checkpoint(model_chunks: Sequence[GPTModel], directory: str | Path, *,
@@ -113,7 +110,7 @@ def load_model_checkpoint(model_chunks: Sequence[GPTModel], directory: str | Pat
         raise ValueError(f"{directory}: checkpoint has {meta.padded_vocab_size} vocabulary rows, fewer than the "
                          f"real vocabulary ({real})")
     _check_same_shapes(model_chunks[0], meta.architecture, directory)
-    loaded = _load_sharded(model_sharded_state_dict(model_chunks), Path(directory))
+    loaded = load_sharded(model_sharded_state_dict(model_chunks), directory)
     # Most tensors were read into the parameters in place, but factory-built ones (SwiGLU fc1 at TP > 1) come
     # back as new tensors; load_state_dict copies them all.
     model_chunks[0].load_state_dict(loaded[MODEL_KEY])
@@ -129,17 +126,3 @@ def _check_same_shapes(model: GPTModel, arch: ModelArchitecture, directory) -> N
     for name, (model_value, saved) in pairs.items():
         if model_value != saved:
             raise ValueError(f"{directory}: checkpoint {name}={saved} but the model has {name}={model_value}")
-
-
-def _save_sharded(sharded_state_dict: dict, directory: Path) -> None:
-    """The one call into dist_checkpointing's save (to become checkpoint.dist_io.save_sharded)."""
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        directory.mkdir(parents=True, exist_ok=False)
-    if dist.is_initialized():
-        dist.barrier()
-    dist_checkpointing.save(sharded_state_dict, str(directory))
-
-
-def _load_sharded(sharded_state_dict: dict, directory: Path) -> dict:
-    """The one call into dist_checkpointing's load (to become checkpoint.dist_io.load_sharded)."""
-    return dist_checkpointing.load(sharded_state_dict, str(directory))

@@ -80,6 +80,7 @@ def transformer_config(arch: ModelArchitecture, options: BuildOptions, *, tp_siz
         pipeline_model_parallel_size=pp_size,
         sequence_parallel=options.sequence_parallel,
         params_dtype=options.params_dtype,
+        pipeline_dtype=options.params_dtype,  # dtype of the activations sent between stages
         bf16=options.params_dtype == torch.bfloat16,
         use_cpu_initialization=on_cpu,
         perform_initialization=options.perform_initialization,
