@@ -12,7 +12,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_truncdistill.convert.hf_to_mcore import hf_to_mcore
 from megatron_truncdistill.convert.mcore_to_hf import mcore_to_hf
 from megatron_truncdistill.convert.model_checkpoint import load_model_checkpoint, read_model_meta, save_model_checkpoint
-from megatron_truncdistill.models import BuildOptions, build_gpt_model
+from megatron_truncdistill.models.builder import build_gpt_model
+from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
 
 
@@ -86,3 +87,50 @@ def rope_inv_freq(ckpt_dir):
     model, _ = load_stage(ckpt_dir, ctx)
     destroy_parallel()
     return model.rotary_pos_emb.inv_freq.numpy()
+
+
+def export_all(pairs):
+    for ckpt_dir, hf_dir in pairs:
+        export(ckpt_dir, hf_dir)
+
+
+def resave_as_trainer(ckpt_dirs, out_dirs, tp, pp):
+    """Load each checkpoint at TP×PP and save it the way the trainer does: model keys + optimizer state."""
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    from megatron_truncdistill.checkpoint.dist_io import save_sharded
+    from megatron_truncdistill.convert.model_checkpoint import model_meta_files, model_sharded_state_dict
+
+    ctx = initialize_parallel(tp, pp)
+    for ckpt_dir, out_dir in zip(ckpt_dirs, out_dirs):
+        model, meta = load_stage(ckpt_dir, ctx)
+        state = model_sharded_state_dict([model])
+        moment = torch.full((4,), float(dist.get_rank()))  # stands in for Adam moments: one shard per rank
+        state["optimizer"] = {"exp_avg": ShardedTensor.from_rank_offsets(
+            "optimizer.exp_avg", moment, (0, dist.get_rank(), dist.get_world_size()))}
+        save_sharded(state, out_dir, extra_files=model_meta_files(meta))
+    destroy_parallel()
+
+
+def cli(argv):
+    """Run the converter CLI in this rank; returns (exit code, stderr text)."""
+    import contextlib
+    import io
+
+    from megatron_truncdistill.convert.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def load_with_real_vocab(ckpt_dir, real_vocab_size):
+    ctx = initialize_parallel(1, 1)
+    meta = read_model_meta(ckpt_dir)
+    model = build_gpt_model(meta.architecture, ctx, padded_vocab_size=1024 * 1024,
+                            options=BuildOptions(perform_initialization=False))
+    try:
+        load_model_checkpoint([model], ckpt_dir, real_vocab_size=real_vocab_size)
+    finally:
+        destroy_parallel()

@@ -1,13 +1,5 @@
-"""Hugging Face checkpoints in and out of megatron-core, and the project's model-checkpoint layout."""
+"""Hugging Face checkpoints in and out of megatron-core, and the project's model-checkpoint layout (README.md).
 
-from megatron_truncdistill.convert.model_checkpoint import (
-    ModelMeta,
-    load_model_checkpoint,
-    model_sharded_state_dict,
-    read_model_meta,
-    save_model_checkpoint,
-    model_meta_files,
-)
-
-__all__ = ["ModelMeta", "load_model_checkpoint", "model_sharded_state_dict", "read_model_meta",
-           "save_model_checkpoint", "model_meta_files"]
+Import from the submodules (``convert.model_checkpoint``, ``convert.hf_to_mcore``, ``convert.mcore_to_hf``): the
+package itself stays import-free so the CLI can refuse bad input before megatron-core is imported.
+"""

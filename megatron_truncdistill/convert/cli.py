@@ -56,7 +56,24 @@ def single_process_world():
             dist.destroy_process_group()
 
 
+def _precheck(args: argparse.Namespace) -> None:
+    """Refuse the cheap-to-detect bad inputs before paying for megatron-core's imports (~10 s)."""
+    import json
+    from pathlib import Path
+
+    from megatron_truncdistill.models.hf_config import architecture_from_hf
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise ValueError(f"output directory {args.output} exists; pass --overwrite to replace it")
+    config = Path(args.input) / "config.json"
+    if args.command == "hf-to-mcore":
+        if not config.is_file():
+            raise FileNotFoundError(f"{config} not found")
+        architecture_from_hf(json.loads(config.read_text()))
+
+
 def _run(args: argparse.Namespace) -> None:
+    _precheck(args)
     from megatron_truncdistill.runtime import warm_imports  # noqa: F401  (silences TE/apex import warnings)
 
     if args.command == "hf-to-mcore":

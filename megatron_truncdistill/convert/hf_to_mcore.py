@@ -16,7 +16,9 @@ from tqdm import tqdm
 from megatron_truncdistill.convert.hf_io import ConversionError, HFCheckpoint, TOKENIZER_FILES, prepare_output_dir
 from megatron_truncdistill.convert.hf_names import FuseGateUp, PackQKV, VocabRows, hf_shape, name_map
 from megatron_truncdistill.convert.model_checkpoint import ModelMeta, dtype_name, save_model_checkpoint
-from megatron_truncdistill.models import BuildOptions, architecture_from_hf, build_gpt_model, padded_vocab_size
+from megatron_truncdistill.models.builder import build_gpt_model, padded_vocab_size
+from megatron_truncdistill.models.hf_config import architecture_from_hf
+from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.models.hf_config import ModelArchitecture
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
 

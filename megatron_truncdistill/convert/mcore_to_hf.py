@@ -23,7 +23,8 @@ from megatron_truncdistill.convert.hf_io import (
 )
 from megatron_truncdistill.convert.hf_names import VocabRows, name_map
 from megatron_truncdistill.convert.model_checkpoint import ModelMeta, load_model_checkpoint, read_model_meta
-from megatron_truncdistill.models import BuildOptions, build_gpt_model
+from megatron_truncdistill.models.builder import build_gpt_model
+from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.models.hf_config import ModelArchitecture
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
 

@@ -1,8 +1,6 @@
-"""Qwen3 / Qwen2 / Llama decoders as megatron-core GPTModels, built from a Hugging Face config."""
+"""Qwen3 / Qwen2 / Llama decoders as megatron-core GPTModels, built from a Hugging Face config.
 
-from megatron_truncdistill.models.builder import build_gpt_model, check_padded_vocab_size, padded_vocab_size
-from megatron_truncdistill.models.hf_config import ModelArchitecture, architecture_from_hf
-from megatron_truncdistill.models.transformer_config import BuildOptions, Fp8Options
-
-__all__ = ["BuildOptions", "Fp8Options", "ModelArchitecture", "architecture_from_hf", "build_gpt_model",
-           "check_padded_vocab_size", "padded_vocab_size"]
+Import from the submodules (``models.builder.build_gpt_model``, ``models.hf_config.architecture_from_hf``):
+this package stays import-free so that config validation (``hf_config``, pure Python) does not pay for
+megatron-core's imports.
+"""
