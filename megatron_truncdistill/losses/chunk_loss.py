@@ -26,7 +26,7 @@ class LossSpec:
     temperature: float = 1.0
     kd_scale: float = 1.0  # T² under Hinton's t2_scale, else 1; part of the reported per-token KD
     kd_weight: float = 1.0
-    ce_weight: float = 0.0  # 0: no cross-entropy (labels ignored)
+    ce_weight: float = 0.0  # CE is computed (for logging) whenever labels are given, even at weight 0
 
     @property
     def grad_scale(self) -> float:
@@ -39,11 +39,11 @@ class ChunkResult:
     """Per-token terms of one chunk; ``grad`` is a workspace view, valid until the next chunk."""
 
     kd: torch.Tensor | None  # [n] fp32, kd_scale·D (None without a teacher)
-    ce: torch.Tensor | None  # [n] fp32 (None when ce_weight == 0)
+    ce: torch.Tensor | None  # [n] fp32 (None without labels)
     grad: torch.Tensor | None  # [n, real] fp32: d(kd_weight·kd + ce_weight·ce)/dz_s on the real rows of the shard
 
 
-def _softmaxes(zs, zt, *, spec: LossSpec, shard: VocabShard, ws: Workspace):
+def _softmaxes(zs, zt, *, with_ce: bool, spec: LossSpec, shard: VocabShard, ws: Workspace):
     """(log p, p) buffer pairs for the student at T, the teacher at T and, when T != 1 and CE is on, the student
     at T = 1. Two all-reduces for all of them together."""
     n, inv_t = zs.shape[0], 1.0 / spec.temperature
@@ -52,7 +52,7 @@ def _softmaxes(zs, zt, *, spec: LossSpec, shard: VocabShard, ws: Workspace):
     jobs = [("s", zs, maxima[0], inv_t)]
     if zt is not None:
         jobs.append(("t", zt, maxima[1], inv_t))
-    if spec.ce_weight and inv_t != 1.0:
+    if with_ce and inv_t != 1.0:
         jobs.append(("s1", zs, maxima[0], 1.0))  # same max: the shift does not depend on T
     pairs = {name: (ws.get(f"l{name}", n), ws.get(f"p{name}", n)) for name, *_ in jobs}
     totals = torch.stack([exp_shifted(z, m, inv_temperature=it, shard=shard, log_out=pairs[name][0],
@@ -65,47 +65,58 @@ def _softmaxes(zs, zt, *, spec: LossSpec, shard: VocabShard, ws: Workspace):
     return pairs
 
 
-def _owned_labels(labels: torch.Tensor, shard: VocabShard) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels as local column indices (0 where another rank owns the row) and a float [n] ownership mask."""
-    local = labels - shard.start
-    owned = (local >= 0) & (local < shard.real)
-    return torch.where(owned, local, 0).unsqueeze(1), owned.float()  # [n, 1], [n]
+@dataclass
+class _Target:
+    """Where each token's label lives on this shard, and this shard's share of -log p_s[label]."""
+
+    index: torch.Tensor  # [n, 1] local column of the label (0 where another rank owns it)
+    owned: torch.Tensor  # [n] 1.0 where this rank owns the label's row
+    share: torch.Tensor  # [1, n] -log p_s[label] on the owner, 0 elsewhere: one SUM all-reduce completes it
+
+    @classmethod
+    def of(cls, labels: torch.Tensor, log_probs: torch.Tensor, shard: VocabShard) -> _Target:
+        local = labels - shard.start
+        owned = (local >= 0) & (local < shard.real)
+        index = torch.where(owned, local, 0).unsqueeze(1)  # [n] -> [n, 1]
+        if shard.real == 0:
+            return cls(index, owned.float(), torch.zeros(1, labels.shape[0], device=labels.device))
+        picked = log_probs.gather(1, index).view(-1)  # [n, 1] -> [n]
+        return cls(index, owned.float(), picked.mul_(owned).neg_().unsqueeze(0))
+
+
+def _combined_grad(sums, pairs, target: _Target | None, *, spec: LossSpec, shard: VocabShard, scratch):
+    """d(kd_weight·kd_scale·D + ce_weight·CE)/dz_s on the shard: grad_scale·∂D/∂a + ce_weight·(p_s − onehot)."""
+    ps1 = pairs["s1"][1]
+    if spec.divergence is not None:
+        ls, ps = pairs["s"]
+        lt, pt = pairs["t"]
+        grad = spec.divergence.grad(sums, ls, ps, lt, pt, scratch).mul_(spec.grad_scale)
+        if spec.ce_weight:
+            grad.add_(ps1, alpha=spec.ce_weight)
+    else:
+        grad = ps1.mul_(spec.ce_weight)  # CE only: p_s is not needed afterwards
+    if target is not None and spec.ce_weight and shard.real:
+        grad.scatter_add_(1, target.index, target.owned.mul(-spec.ce_weight).unsqueeze(1))  # -onehot(label)
+    return grad
 
 
 def chunk_loss(zs: torch.Tensor, zt: torch.Tensor | None, labels: torch.Tensor | None, *, spec: LossSpec,
                shard: VocabShard, ws: Workspace, need_grad: bool) -> ChunkResult:
     """KD and CE of one chunk and, if ``need_grad``, the gradient of the weighted per-token sum w.r.t. ``zs``.
 
-    zs, zt: ``[n, >= real]`` logits of the chunk on this shard (any float dtype); labels: ``[n]`` global token ids
-    (read only when ``spec.ce_weight``). CE per token is -log p_s[label] at T = 1, read from the owning shard's
-    log-softmax before the divergence reuses that buffer; its gradient is p_s − onehot(label).
+    zs, zt: ``[n, >= real]`` logits of the chunk on this shard (any float dtype; zt None only for a CE-only spec);
+    labels: ``[n]`` global token ids, or None for no CE. CE per token is -log p_s[label] at T = 1, read from the
+    owning shard's log-softmax before the divergence reuses that buffer; its gradient is p_s − onehot(label).
     """
-    n = zs.shape[0]
-    pairs = _softmaxes(zs, zt, spec=spec, shard=shard, ws=ws)
-    (ls, ps), (ls1, ps1) = pairs["s"], pairs["s1"]
-    parts = []
+    pairs = _softmaxes(zs, zt, with_ce=labels is not None, spec=spec, shard=shard, ws=ws)
+    target = None if labels is None else _Target.of(labels, pairs["s1"][0], shard)  # before ls is overwritten
+    scratch, parts = ws.get("scratch", zs.shape[0]), []
     if zt is not None:
-        lt, pt = pairs["t"]
-    if spec.ce_weight:  # before the divergence may overwrite ls (ls1 is ls when T = 1)
-        index, owned = _owned_labels(labels, shard)
-        target = ls1.gather(1, index).view(-1) if shard.real else torch.zeros(n, device=zs.device)  # [n, 1] -> [n]
-        ce_part = target.mul_(owned).neg_().unsqueeze(0)  # this shard's share of -log p_s[label]: [1, n]
-    scratch = ws.get("scratch", n)
-    if zt is not None:
-        parts.append(spec.divergence.partial_sums(ls, ps, lt, pt, scratch))  # [k, n]
-    if spec.ce_weight:
-        parts.append(ce_part)
-    sums = all_reduce_(torch.cat(parts), dist.ReduceOp.SUM, shard.group)  # [k (+1 for CE), n]
+        parts.append(spec.divergence.partial_sums(*pairs["s"], *pairs["t"], scratch))  # [k, n]
+    if target is not None:
+        parts.append(target.share)  # [1, n]
+    sums = all_reduce_(torch.cat(parts), dist.ReduceOp.SUM, shard.group)  # [k (+1 with CE), n]
     kd = sums[0] * spec.kd_scale if zt is not None else None
-    ce = sums[-1] if spec.ce_weight else None
-    if not need_grad:
-        return ChunkResult(kd, ce, None)
-    if zt is not None:
-        grad = spec.divergence.grad(sums, ls, ps, lt, pt, scratch).mul_(spec.grad_scale)
-        if spec.ce_weight:
-            grad.add_(ps1, alpha=spec.ce_weight)
-    else:
-        grad = ps1.mul_(spec.ce_weight)  # CE only: p_s is not needed after this
-    if spec.ce_weight and shard.real:
-        grad.scatter_add_(1, index, owned.mul(-spec.ce_weight).unsqueeze(1))  # -onehot(label) on the owner
+    ce = sums[-1] if target is not None else None
+    grad = _combined_grad(sums, pairs, target, spec=spec, shard=shard, scratch=scratch) if need_grad else None
     return ChunkResult(kd, ce, grad)
