@@ -60,7 +60,8 @@ def mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, tokenizer_dir: str
     return meta
 
 
-def hf_tensors(model: GPTModel, arch: ModelArchitecture, *, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+def hf_tensors(model: GPTModel, arch: ModelArchitecture, *,
+               progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) for every entry of the name map, unpacked from the TP1/PP1 ``model``'s parameters."""
     params = dict(model.named_parameters())
     for mcore_name, rule in tqdm(name_map(arch), desc="mcore→hf", unit="tensor", disable=not progress):

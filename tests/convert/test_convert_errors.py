@@ -99,3 +99,12 @@ def test_loading_refuses_fewer_rows_than_the_real_vocabulary():
     ckpt = str(tiny_checkpoints()["qwen3"][1])
     with pytest.raises(RankFailure, match=r"has 512 vocabulary rows, fewer than the real vocabulary \(600\)"):
         run_gloo_ranks(mcore_jobs.load_with_real_vocab, 1, ckpt, 600, timeout=60)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(hf_copy, tmp_path, qwen3_tokenizer_dir):
+    """With tokenizer files beside the weights, the real vocabulary is the tokenizer's (151,669 > 512 rows)."""
+    for source in qwen3_tokenizer_dir.iterdir():
+        if source.is_file():
+            shutil.copy(source, hf_copy / source.name)
+    code, err = _cli_in_rank("hf-to-mcore", "--input", str(hf_copy), "--output", str(tmp_path / "out"))
+    _assert_one_line_error(code, err, "512 embedding rows, fewer than the tokenizer's 151669 tokens")

@@ -63,3 +63,11 @@ def test_export_is_bit_exact_and_loads_in_transformers(exports, name, source):
     _assert_identical_export(original, exported)
     assert (exported / "generation_config.json").is_file()
     np.testing.assert_array_equal(hf_logits(exported, sample_tokens()), reference_logits(name))
+
+
+def test_export_copies_tokenizer_files(tmp_path, qwen3_tokenizer_dir):
+    ckpt = str(tiny_checkpoints()["qwen3"][1])
+    (result,) = run_gloo_ranks(mcore_jobs.cli, 1, ["mcore-to-hf", "--input", ckpt, "--output", str(tmp_path / "hf"),
+                                                   "--tokenizer", str(qwen3_tokenizer_dir)], timeout=60)
+    assert result[0] == 0, result[1]
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (qwen3_tokenizer_dir / "tokenizer.json").read_bytes()

@@ -37,7 +37,7 @@ def test_larger_padded_vocab_changes_nothing():
 
 
 def test_llama3_rope_scaling_matches_transformers():
-    """megatron's scaled inverse frequencies equal transformers' llama3 ones (short test sequences barely probe them)."""
+    """megatron's scaled inverse frequencies equal transformers' (short test sequences barely probe them)."""
     hf_dir, ckpt = tiny_checkpoints()["llama31"]
     (mcore_freqs,) = run_gloo_ranks(mcore_jobs.rope_inv_freq, 1, str(ckpt), timeout=60)
     from transformers import AutoModelForCausalLM
