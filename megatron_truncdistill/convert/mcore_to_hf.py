@@ -49,7 +49,8 @@ def mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, tokenizer_dir: str
         options = BuildOptions(params_dtype=meta.torch_dtype, use_te=False, perform_initialization=False)
         model = build_gpt_model(arch, ctx, padded_vocab_size=meta.padded_vocab_size, options=options)
         load_model_checkpoint([model], ckpt_dir)
-        write_sharded_safetensors(hf_tensors(model, arch, progress=progress), out, max_shard_bytes=max_shard_bytes)
+        tensors = hf_tensors(model, arch, dtype=meta.torch_dtype, progress=progress)
+        write_sharded_safetensors(tensors, out, max_shard_bytes=max_shard_bytes)
     finally:
         destroy_parallel()
     write_json(out / "config.json", export_config(meta))
@@ -60,12 +61,16 @@ def mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, tokenizer_dir: str
     return meta
 
 
-def hf_tensors(model: GPTModel, arch: ModelArchitecture, *,
+def hf_tensors(model: GPTModel, arch: ModelArchitecture, *, dtype: torch.dtype,
                progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every entry of the name map, unpacked from the TP1/PP1 ``model``'s parameters."""
+    """(HF name, tensor) for every entry of the name map, unpacked from the TP1/PP1 ``model``'s parameters.
+
+    Everything is written in ``dtype``: megatron's local-spec norms keep fp32 weights even in a bf16 model (torch
+    RMSNorm ignores params_dtype), while HF checkpoints use one dtype throughout.
+    """
     params = dict(model.named_parameters())
     for mcore_name, rule in tqdm(name_map(arch), desc="mcore→hf", unit="tensor", disable=not progress):
-        tensor = params[mcore_name].detach()
+        tensor = params[mcore_name].detach().to(dtype)
         if isinstance(rule, str):
             yield rule, tensor
         elif isinstance(rule, VocabRows):

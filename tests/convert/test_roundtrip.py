@@ -71,3 +71,21 @@ def test_export_copies_tokenizer_files(tmp_path, qwen3_tokenizer_dir):
                                                    "--tokenizer", str(qwen3_tokenizer_dir)], timeout=60)
     assert result[0] == 0, result[1]
     assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (qwen3_tokenizer_dir / "tokenizer.json").read_bytes()
+
+
+def test_bf16_checkpoint_round_trips_bit_exact(tmp_path):
+    """Released checkpoints are bf16: the dtype is kept end to end (megatron's fp32 norm weights are cast back)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny_hf import tiny_config
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(tiny_config("qwen3", tied=False), dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "hf", max_shard_size="100KB")
+    run_gloo_ranks(mcore_jobs.convert_all, 1, [(str(tmp_path / "hf"), str(tmp_path / "ckpt"))], timeout=60)
+    run_gloo_ranks(mcore_jobs.export_all, 1, [(str(tmp_path / "ckpt"), str(tmp_path / "out"))], timeout=60)
+    before, after = _hf_tensors(tmp_path / "hf"), _hf_tensors(tmp_path / "out")
+    assert sorted(before) == sorted(after)
+    for name, tensor in before.items():
+        assert after[name].dtype == torch.bfloat16 and torch.equal(after[name], tensor), name
