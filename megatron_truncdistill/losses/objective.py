@@ -48,6 +48,9 @@ class KDObjectiveConfig:
     """Multiply KD by T² (Hinton) so its gradient scale does not shrink as T grows."""
     chunk_size: int | None = None
     """Tokens per chunk of the vocab-parallel loss (extra memory O(chunk × v/tp)); None: a per-device default."""
+    inplace_backward: bool = False
+    """Logits entry point only: write dL/dlogits into the student logits during the forward (megatron-core's CE
+    trick), saving a logits-sized buffer. Safe when nothing reads the logits after the loss."""
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -126,7 +129,8 @@ def kd_ce_objective(student_logits: torch.Tensor, teacher_logits: torch.Tensor |
     labels, mask, sections = _token_inputs(labels, loss_mask, sections, vocab_limit=vocab_limit)
     loss, kd, ce = vocab_parallel_kd_terms(student_logits, teacher_logits, labels,
                                            spec=config.loss_spec(with_teacher=teacher_logits is not None),
-                                           tp_group=tp_group, chunk_size=config.chunk_size, vocab_size=vocab_size)
+                                           tp_group=tp_group, chunk_size=config.chunk_size, vocab_size=vocab_size,
+                                           inplace_backward=config.inplace_backward)
     return _terms(torch.dot(loss.reshape(-1), mask.reshape(-1)), kd, ce, mask, sections)
 
 

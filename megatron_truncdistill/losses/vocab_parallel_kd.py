@@ -6,6 +6,11 @@ logits, ``[s·b, v/tp]`` in the logits' dtype, which is the very tensor the back
 the incoming per-token gradient (in place: no second vocabulary-sized allocation). Everything fp32 exists per chunk
 of ``chunk_size`` tokens (``chunk_loss``), so extra memory beyond that gradient is O(chunk × v/tp). The teacher's
 logits are read in the forward and not kept.
+
+``inplace_backward=True`` goes one step further, as megatron-core's cross-entropy does with fp32 logits: each chunk's
+gradient overwrites that chunk's student logits as soon as they have been read, so the extra memory is the chunk
+workspace alone. The caller must not read the student logits after the call (their version counter is bumped, so
+an autograd node that saved them fails loudly instead of using gradients as logits).
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class _VocabParallelKD(torch.autograd.Function):
     """Per-token ``kd_weight·kd + ce_weight·ce`` on ``[s, b, v/tp]`` logits; differentiable w.r.t. the student only."""
 
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, labels, spec: LossSpec, shard: VocabShard, chunk_size):
-        zs = student_logits.reshape(-1, shard.width)  # [s, b, v/tp] -> [s*b, v/tp] (a view of contiguous logits)
+    def forward(ctx, student_logits, teacher_logits, labels, spec: LossSpec, shard: VocabShard, chunk_size,
+                inplace: bool):
+        zs = student_logits.detach().reshape(-1, shard.width)  # [s, b, v/tp] -> [s*b, v/tp], a view if contiguous
         zt = None if teacher_logits is None else teacher_logits.reshape(-1, shard.width)  # [s*b, v/tp]
         flat_labels = None if labels is None else labels.reshape(-1)  # [s, b] -> [s*b]
         tokens, need_grad = zs.shape[0], ctx.needs_input_grad[0]
@@ -57,7 +63,7 @@ class _VocabParallelKD(torch.autograd.Function):
         ws = Workspace(chunk, shard.real, zs.device)
         kd = torch.zeros(tokens, dtype=torch.float32, device=zs.device)
         ce = torch.zeros_like(kd)
-        grad = torch.empty_like(zs) if need_grad else None  # [s*b, v/tp]: becomes the returned gradient
+        grad = (zs if inplace else torch.empty_like(zs)) if need_grad else None  # [s*b, v/tp]: the returned grad
         if need_grad:
             grad[:, shard.real:].zero_()  # padded vocabulary rows
         for start in range(0, tokens, chunk):
@@ -83,24 +89,28 @@ class _VocabParallelKD(torch.autograd.Function):
         """Scale each token's saved gradient row by its incoming gradient, in place (backward runs once)."""
         (grad,) = ctx.saved_tensors
         grad.mul_(grad_loss.reshape(-1, 1))  # [s, b] -> [s*b, 1]
-        return grad.view(ctx.logits_shape), None, None, None, None, None  # [s*b, v/tp] -> [s, b, v/tp]
+        return grad.view(ctx.logits_shape), None, None, None, None, None, None  # [s*b, v/tp] -> [s, b, v/tp]
 
 
 def vocab_parallel_kd_terms(student_logits, teacher_logits, labels, *, spec: LossSpec,
-                            tp_group: dist.ProcessGroup | None, chunk_size: int | None, vocab_size: int | None):
+                            tp_group: dist.ProcessGroup | None, chunk_size: int | None, vocab_size: int | None,
+                            inplace_backward: bool = False):
     """(loss, kd, ce), each ``[s, b]`` fp32; only ``loss = kd_weight·kd + ce_weight·ce`` is differentiable.
 
     labels: ``[s, b]`` token ids, read when ``spec.ce_weight`` (every id must be a real row: the caller checks).
     """
     shard = logits_shard(student_logits, teacher_logits, tp_group=tp_group, vocab_size=vocab_size)
     teacher = None if teacher_logits is None else teacher_logits.detach()
-    return _VocabParallelKD.apply(student_logits, teacher, labels, spec, shard, chunk_size)
+    if inplace_backward and not student_logits.is_contiguous():
+        raise ValueError("inplace_backward needs contiguous student logits (the gradient is written into them)")
+    return _VocabParallelKD.apply(student_logits, teacher, labels, spec, shard, chunk_size, inplace_backward)
 
 
 def vocab_parallel_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
                            divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
                            alpha: float = 0.1, t2_scale: bool = False, tp_group: dist.ProcessGroup | None = None,
-                           chunk_size: int | None = None, vocab_size: int | None = None) -> torch.Tensor:
+                           chunk_size: int | None = None, vocab_size: int | None = None,
+                           inplace_backward: bool = False) -> torch.Tensor:
     """Per-token divergence between teacher and student over a vocabulary split across tensor-parallel ranks.
 
     Args:
@@ -112,11 +122,14 @@ def vocab_parallel_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         tp_group: the tensor-parallel group the vocabulary is split over; None means no tensor parallelism.
         chunk_size: tokens per chunk; extra memory is O(chunk_size × v/tp). None picks a per-device default.
         vocab_size: real tokenizer rows; global rows >= vocab_size are padding, excluded from both softmaxes.
+        inplace_backward: write the gradient into ``student_logits`` during the forward (no gradient-sized
+            allocation); the logits are garbage afterwards.
 
     Returns:
         ``[s, b]`` float32 per-token loss (identical on every TP rank), differentiable w.r.t. ``student_logits``.
     """
     spec = kd_loss_spec(divergence, temperature=temperature, beta=beta, alpha=alpha, t2_scale=t2_scale)
     loss, _, _ = vocab_parallel_kd_terms(student_logits, teacher_logits, None, spec=spec, tp_group=tp_group,
-                                         chunk_size=chunk_size, vocab_size=vocab_size)
+                                         chunk_size=chunk_size, vocab_size=vocab_size,
+                                         inplace_backward=inplace_backward)
     return loss

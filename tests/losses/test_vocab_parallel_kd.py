@@ -125,3 +125,19 @@ def test_backward_runs_once():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inplace_backward_gives_the_same_gradient_in_the_logits_storage(dtype):
+    zs, zt, weights = Case("skew_reverse_kl").inputs()
+    zs, zt = zs.to(dtype), zt.to(dtype)
+    x = zs.clone().requires_grad_()
+    loss = vocab_parallel_kd_loss(x, zt, divergence="skew_reverse_kl", chunk_size=4, vocab_size=45)
+    (loss * weights).sum().backward()
+    y = zs.clone().requires_grad_()
+    storage = y.data_ptr()
+    loss2 = vocab_parallel_kd_loss(y, zt, divergence="skew_reverse_kl", chunk_size=4, vocab_size=45,
+                                   inplace_backward=True)
+    (loss2 * weights).sum().backward()
+    assert torch.equal(loss, loss2) and torch.equal(x.grad, y.grad)
+    assert y.grad.data_ptr() == storage, "the gradient must live in the logits' storage"
