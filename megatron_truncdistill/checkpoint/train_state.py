@@ -73,13 +73,19 @@ def read_training_meta(directory: str | Path) -> dict:
 
 
 def save_training_checkpoint(checkpoint_root: str | Path, *, step: int, consumed_samples: int, ddp_chunks: list,
-                             optimizer, scheduler, ctx: ParallelContext, extra_meta: dict | None = None) -> Path:
-    """Collective: write ``iter_<step>`` atomically, then point ``latest`` at it."""
+                             optimizer, scheduler, ctx: ParallelContext, extra_meta: dict | None = None,
+                             extra_files: dict[str, str] | None = None) -> Path:
+    """Collective: write ``iter_<step>`` atomically, then point ``latest`` at it.
+
+    ``extra_files`` (name -> text) land inside the directory atomically too: the trainer adds the student's
+    ``truncdistill_model.json`` so the converter can export any trainer checkpoint.
+    """
     state = _state_dict(ddp_chunks, optimizer, scheduler, ctx, is_loading=False)
     state["progress"] = {"step": step, "consumed_samples": consumed_samples}
     meta = {"step": step, "consumed_samples": consumed_samples, "layout": _layout(ctx), **(extra_meta or {})}
     target = iteration_dir(checkpoint_root, step)
-    save_sharded(state, target, extra_files={META_FILE: json.dumps(meta, indent=2, default=str)})
+    files = {META_FILE: json.dumps(meta, indent=2, default=str), **(extra_files or {})}
+    save_sharded(state, target, extra_files=files)
     if dist.get_rank() == 0:
         tmp = Path(checkpoint_root) / (LATEST_FILE + ".tmp")
         tmp.write_text(target.name + "\n")

@@ -1,0 +1,108 @@
+"""Entry point: ``torchrun --nproc-per-node N -m megatron_truncdistill.train --config RUN.yaml [key=value ...]``.
+
+``run_training(config)`` reads top to bottom as the whole job: check, build, (resume), loop, save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from megatron_truncdistill.config import Config, ConfigError, load_config
+
+warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemption); ranks agree on it with one all-reduce per step so all stop at the same step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def run_training(config: Config, *, stop: _StopFlag | None = None) -> dict:
+    """The job, on an initialized default process group. Returns the last step's record (every rank)."""
+    from megatron_truncdistill.training.loop import TrainingRun
+
+    run = TrainingRun.create(config)
+    try:
+        return run.train(stop or _StopFlag())
+    finally:
+        run.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def distributed_session():
+    """Initialize the default group from torchrun's environment (or as a single process without torchrun)."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group(backend)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="run YAML (see examples/)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. "
+                        "parallel.tensor_model_parallel_size=2")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return 0
+    stop = _StopFlag()
+    stop.install()
+    with distributed_session():
+        try:
+            run_training(config, stop=stop)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"[rank {dist.get_rank()}] error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Start-up checks that need more than the config: models, tokenizer, bins and the machine. Each names its key."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_truncdistill.config import Config, ConfigError
+from megatron_truncdistill.models.layer_spec import transformer_engine_available
+
+
+def check_layout(config: Config, plans: list, *, world_size: int) -> None:
+    """TP must divide heads and KV heads, PP the layer counts of both models, TP×PP the world size."""
+    tp = config.parallel.tensor_model_parallel_size
+    pp = config.parallel.pipeline_model_parallel_size
+    if world_size % (tp * pp):
+        raise ConfigError(f"parallel: world size {world_size} is not divisible by tensor_model_parallel_size × "
+                          f"pipeline_model_parallel_size = {tp} × {pp}")
+    for plan in plans:
+        a = plan.arch
+        if a.num_attention_heads % tp or a.num_query_groups % tp:
+            raise ConfigError(f"parallel.tensor_model_parallel_size={tp} must divide {plan.key} attention heads "
+                              f"({a.num_attention_heads}) and KV heads ({a.num_query_groups})")
+        if a.num_layers % pp:
+            raise ConfigError(f"parallel.pipeline_model_parallel_size={pp} must divide {plan.key} num_layers "
+                              f"({a.num_layers})")
+    dp = world_size // (tp * pp)
+    t = config.train
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                          f"train.micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
+
+
+def check_machine(config: Config) -> None:
+    """Options this machine cannot run: sequence parallel on CPU, FP8 without TE or without FP8 tensor cores."""
+    on_gpu = torch.cuda.is_available()
+    if config.parallel.sequence_parallel and not on_gpu:
+        raise ConfigError("parallel.sequence_parallel: needs GPUs with Transformer Engine or apex (the local layer "
+                          "spec's norms cannot run sequence-parallel); turn it off on CPU")
+    for key in ("student", "teacher"):
+        model = getattr(config, key)
+        if model is None or model.fp8 is None:
+            continue
+        if not transformer_engine_available():
+            raise ConfigError(f"{key}.fp8={model.fp8}: FP8 runs through Transformer Engine, which is not installed "
+                              "(use the NGC PyTorch container or pip install 'megatron-truncdistill[gpu]')")
+        if not on_gpu or torch.cuda.get_device_capability() < (8, 9):
+            raise ConfigError(f"{key}.fp8={model.fp8}: this device has no FP8 tensor cores (needs compute "
+                              "capability ≥ 8.9: Ada, Hopper or newer)")
+
+
+def check_vocabularies(plans: list, tokenizer) -> None:
+    """Both models must embed every tokenizer id, and checkpoints must come from the data's tokenizer."""
+    ident = tokenizer.identity()
+    for plan in plans:
+        if plan.arch.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"{plan.key}: the model has {plan.arch.vocab_size} vocabulary rows but the tokenizer "
+                              f"{tokenizer.path} has {tokenizer.vocab_size} ids")
+        made = getattr(plan.meta, "tokenizer", None) if plan.meta is not None else None
+        if made and made.get("files_sha256") != ident["files_sha256"]:
+            raise ConfigError(f"{plan.key}.load: checkpoint was made with tokenizer {made.get('path')} (vocab "
+                              f"{made.get('vocab_size')}) but data.tokenizer is {tokenizer.path} (vocab "
+                              f"{tokenizer.vocab_size}); teacher, student and data must share one tokenizer")
