@@ -7,6 +7,7 @@ state is left on disk). HF tensors are produced one map entry at a time and flus
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -43,21 +44,22 @@ def mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, tokenizer_dir: str
     out = Path(out_dir)
     if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
         raise ConversionError(f"tokenizer directory {tokenizer_dir} not found")
-    prepare_output_dir(out, overwrite=overwrite, create=True)
+    if out.exists() and not overwrite:
+        raise ConversionError(f"output directory {out} exists; pass --overwrite to replace it")
+    staging = out.with_name(out.name + ".partial")  # replaces ``out`` only once complete
+    prepare_output_dir(staging, overwrite=True, create=True)
     ctx = initialize_parallel(1, 1)
     try:
         options = BuildOptions(params_dtype=meta.torch_dtype, use_te=False, perform_initialization=False)
         model = build_gpt_model(arch, ctx, padded_vocab_size=meta.padded_vocab_size, options=options)
         load_model_checkpoint([model], ckpt_dir)
         tensors = hf_tensors(model, arch, dtype=meta.torch_dtype, progress=progress)
-        write_sharded_safetensors(tensors, out, max_shard_bytes=max_shard_bytes)
+        write_sharded_safetensors(tensors, staging, max_shard_bytes=max_shard_bytes)
     finally:
         destroy_parallel()
-    write_json(out / "config.json", export_config(meta))
-    if meta.generation_config is not None:
-        write_json(out / "generation_config.json", meta.generation_config)
-    if tokenizer_dir is not None:
-        copy_tokenizer_files(Path(tokenizer_dir), out)
+    _write_side_files(staging, meta, tokenizer_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
     return meta
 
 
@@ -85,6 +87,15 @@ def _hf_vocab_rows(padded: torch.Tensor, hf_rows: int) -> torch.Tensor:
         return padded[:hf_rows]
     fill = torch.zeros(hf_rows - padded.shape[0], padded.shape[1], dtype=padded.dtype)
     return torch.cat([padded, fill])  # [V_hf, h]; the extra rows are beyond the real vocabulary
+
+
+def _write_side_files(directory: Path, meta: ModelMeta, tokenizer_dir: str | Path | None) -> None:
+    """config.json, generation_config.json (when the source had one) and the tokenizer files."""
+    write_json(directory / "config.json", export_config(meta))
+    if meta.generation_config is not None:
+        write_json(directory / "generation_config.json", meta.generation_config)
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(Path(tokenizer_dir), directory)
 
 
 def export_config(meta: ModelMeta) -> dict:

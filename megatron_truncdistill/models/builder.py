@@ -37,7 +37,9 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
     ``[b, s, padded_vocab_size / tp]``; columns ≥ the real vocabulary must be masked by the loss.
     megatron-core reads the stage's layer offset from its parallel state, which ``ctx`` describes.
     """
-    check_padded_vocab_size(padded_vocab_size, tp_size=ctx.tp_size, real_vocab_size=1)
+    if padded_vocab_size % ctx.tp_size:
+        raise ValueError(f"padded vocabulary size {padded_vocab_size} is not divisible by "
+                         f"tensor_model_parallel_size={ctx.tp_size}")
     use_te = resolve_use_te(options.use_te, fp8=options.fp8 is not None)
     if arch.num_layers % ctx.pp_size:
         raise ValueError(f"pipeline_model_parallel_size={ctx.pp_size} must divide num_layers={arch.num_layers}")
