@@ -139,20 +139,29 @@ def _stream(cfg: PreprocessConfig, processor: DocumentProcessor, reader: Reader,
     return stats
 
 
-def run(cfg: PreprocessConfig) -> dict:
-    """Run the whole job; returns the manifest. Raises PreprocessError for anything fatal, leaving no output."""
-    # Imported here, not at module top: spawned workers re-import the entry module, and the writer pulls in torch and
-    # megatron-core (seconds per worker) that workers never use.
-    from megatron_truncdistill.preprocess.writer import DatasetWriter, OutputError
-
-    start = time.perf_counter()
+def _open(cfg: PreprocessConfig) -> tuple[list, DocumentProcessor, Reader, "DatasetWriter"]:
+    """Check inputs, tokenizer and template, then create the output: fatal problems surface before any file exists."""
     try:
         paths = expand_inputs(cfg.inputs)
-        probe = DocumentProcessor(cfg.job)  # fails fast on a bad tokenizer or template, before any output exists
+        probe = DocumentProcessor(cfg.job)
         reader = Reader(paths)
-        writer = DatasetWriter(cfg.output_prefix, vocab_size=probe.tok.vocab_size, overwrite=cfg.overwrite)
-    except (InputError, TokenizerError, TemplateError, OutputError) as err:
+    except (InputError, TokenizerError, TemplateError) as err:
         raise PreprocessError(str(err)) from err
+    # Imported only now: the writer pulls in torch and megatron-core (seconds), which neither an early error nor the
+    # spawned workers (they re-import the entry module) should pay for.
+    from megatron_truncdistill.preprocess.writer import DatasetWriter, OutputError
+
+    try:
+        writer = DatasetWriter(cfg.output_prefix, vocab_size=probe.tok.vocab_size, overwrite=cfg.overwrite)
+    except OutputError as err:
+        raise PreprocessError(str(err)) from err
+    return paths, probe, reader, writer
+
+
+def run(cfg: PreprocessConfig) -> dict:
+    """Run the whole job; returns the manifest. Raises PreprocessError for anything fatal, leaving no output."""
+    start = time.perf_counter()
+    paths, probe, reader, writer = _open(cfg)
     try:
         stats = _stream(cfg, probe, reader, writer)
         settings = {"chat_layout": probe.layout.to_json(), "records": dataclasses.asdict(cfg.job.spec),

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from megatron_truncdistill.preprocess.records import Trace
-from megatron_truncdistill.tokenization import ChatTokenizer
+from megatron_truncdistill.tokenization import ChatTokenizer, TokenizerError
 
 _PROBE_USER, _PROBE_COT, _PROBE_ANSWER = "Probe-user-q7Z", "Probe-cot-q7Z", "Probe-answer-q7Z"
 
@@ -60,6 +60,8 @@ def _render_probe(tok: ChatTokenizer, think_open: str, think_close: str) -> tupl
     try:
         prompt = tok.render_chat(user, add_generation_prompt=True)
         full = tok.render_chat(user + [assistant], add_generation_prompt=False)
+    except TokenizerError:
+        raise
     except Exception as err:  # jinja errors of every kind: the template is unusable as a whole
         raise TemplateError(f"{tok.path}: chat template fails on a plain user/assistant chat ({err}); "
                             "pass --chat-format chatml") from err
