@@ -8,7 +8,7 @@ Rows:
 - raw tokenizer: ``tokenizers.Tokenizer.encode_batch`` alone on the same rendered texts, single-threaded, in the
   pipeline's batch size; rendering is done outside the timer. This is the ceiling per core.
 - pipeline, N workers: the whole job (read, parse, render, tokenize, sections, truncate, write bins + manifest).
-- naive, N procs: ``datasets.load_dataset`` + ``Dataset.map(num_proc=N)`` with the ``transformers`` tokenizer
+- naive, N procs (2 by default, the target's comparison point): ``datasets.load_dataset`` + ``Dataset.map(num_proc=N)`` with the ``transformers`` tokenizer
   (``apply_chat_template`` + offsets, a per-token Python loop for sections) and a per-record ``add_item``.
 Prints a table, the ratios against the targets, and a final JSON line naming the machine and git commit.
 """
@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=50_000, help="documents in the replicated corpus")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--naive-workers", type=int, nargs="*", default=[2], help="none: skip the naive pipeline")
     args = parser.parse_args()
     from megatron_truncdistill.preprocess.document import FilterConfig, Job
     from megatron_truncdistill.preprocess.records import RecordSpec
@@ -157,9 +157,8 @@ def main() -> None:
         results["raw_tokenizer"] = bench_raw(corpus, job, batch=64)
         for w in args.workers:
             results[f"pipeline_{w}w"] = bench_pipeline(corpus, tmp, job, w)
-        if not args.skip_naive:
-            for w in args.workers:
-                results[f"naive_{w}w"] = bench_naive(corpus, tmp, w)
+        for w in args.naive_workers:
+            results[f"naive_{w}w"] = bench_naive(corpus, tmp, w)
     print("| run                      |     docs |        tokens |         s |    docs/s |     tokens/s |")
     print("|--------------------------|----------|---------------|-----------|-----------|--------------|")
     for name, r in results.items():
