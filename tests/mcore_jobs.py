@@ -134,3 +134,15 @@ def load_with_real_vocab(ckpt_dir, real_vocab_size):
         load_model_checkpoint([model], ckpt_dir, real_vocab_size=real_vocab_size)
     finally:
         destroy_parallel()
+
+
+def load_into_other_architecture(ckpt_dir, other_ckpt_dir):
+    """Build the model described by ``other_ckpt_dir`` and try to load ``ckpt_dir`` into it."""
+    ctx = initialize_parallel(1, 1)
+    try:
+        meta = read_model_meta(other_ckpt_dir)
+        model = build_gpt_model(meta.architecture, ctx, padded_vocab_size=meta.padded_vocab_size,
+                                options=BuildOptions(perform_initialization=False))
+        load_model_checkpoint([model], ckpt_dir)
+    finally:
+        destroy_parallel()

@@ -120,9 +120,14 @@ def load_model_checkpoint(model_chunks: Sequence[GPTModel], directory: str | Pat
 def _check_same_shapes(model: GPTModel, arch: ModelArchitecture, directory) -> None:
     """A clear error instead of dist_checkpointing's shape assertion when teacher/student paths get swapped."""
     config = model.config
-    pairs = {"num_layers": (config.num_layers, arch.num_layers), "hidden_size": (config.hidden_size,
-             arch.hidden_size), "ffn_hidden_size": (config.ffn_hidden_size, arch.ffn_hidden_size),
-             "num_query_groups": (config.num_query_groups, arch.num_query_groups)}
+    pairs = {
+        "num_layers": (config.num_layers, arch.num_layers),
+        "hidden_size": (config.hidden_size, arch.hidden_size),
+        "ffn_hidden_size": (config.ffn_hidden_size, arch.ffn_hidden_size),
+        "num_attention_heads": (config.num_attention_heads, arch.num_attention_heads),
+        "num_query_groups": (config.num_query_groups, arch.num_query_groups),
+        "kv_channels": (config.kv_channels, arch.head_dim),
+    }
     for name, (model_value, saved) in pairs.items():
         if model_value != saved:
             raise ValueError(f"{directory}: checkpoint {name}={saved} but the model has {name}={model_value}")

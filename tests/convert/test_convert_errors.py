@@ -108,3 +108,10 @@ def test_tokenizer_larger_than_the_embedding_is_refused(hf_copy, tmp_path, qwen3
             shutil.copy(source, hf_copy / source.name)
     code, err = _cli_in_rank("hf-to-mcore", "--input", str(hf_copy), "--output", str(tmp_path / "out"))
     _assert_one_line_error(code, err, "512 embedding rows, fewer than the tokenizer's 151669 tokens")
+
+
+def test_loading_another_architecture_names_the_mismatch():
+    """E.g. teacher and student paths swapped in a config: refused before dist_checkpointing's shape assertion."""
+    qwen3, llama = tiny_checkpoints()["qwen3"][1], tiny_checkpoints()["llama31"][1]
+    with pytest.raises(RankFailure, match="checkpoint kv_channels=32 but the model has kv_channels=16"):
+        run_gloo_ranks(mcore_jobs.load_into_other_architecture, 1, str(qwen3), str(llama), timeout=60)
