@@ -162,8 +162,27 @@ def _build(cls, values: Any, path: str):
         if key not in fields:
             raise ConfigError(f"{dotted}: unknown key (known: {', '.join(fields)})")
         sub = _dataclass_type(cls, key)
-        kwargs[key] = _build(sub, value, dotted) if sub is not None and value is not None else value
+        if sub is not None and value is not None:
+            kwargs[key] = _build(sub, value, dotted)
+        else:
+            kwargs[key] = _coerce(value, fields[key].type, dotted)
     return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: str, dotted: str) -> Any:
+    """Numbers YAML reads as strings (``5e-3`` lacks the dot YAML 1.1 wants) become the field's number type."""
+    kind = str(annotation).split("|")[0].strip()
+    if value is None or isinstance(value, bool) or kind not in ("float", "int"):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{dotted}: expected a number, got {value!r}") from None
+    if kind == "int":
+        if number != int(number):
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
+        return int(number)
+    return number
 
 
 def _dataclass_type(cls, name: str):

@@ -1,0 +1,72 @@
+"""Shared set-up for trainer tests: tiny bins from the quickstart corpus, and TP1-built initial checkpoints.
+
+Both models are built once at TP1/PP1 and saved; every layout then loads the same weights (PP stages consume the
+RNG differently, so seeds alone would not give equal weights).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+from megatron_truncdistill.config import Config, load_config
+from megatron_truncdistill.quickstart.corpus import generate, write_jsonl
+from megatron_truncdistill.quickstart.tiny_tokenizer import build_tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = REPO / "examples" / "tiny_cpu.yaml"
+
+
+def preprocess_main():
+    spec = importlib.util.spec_from_file_location("preprocess_cli", REPO / "tools" / "preprocess.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def make_tiny_bins(root: Path, *, records: int = 96, lsp: str = "1.0", seed: int = 7) -> tuple[str, str]:
+    """(bins prefix, tokenizer dir) of a freshly generated corpus."""
+    tokenizer = build_tiny_tokenizer(root / "tokenizer")
+    corpus = write_jsonl(generate(records, seed=seed), root / "corpus.jsonl")
+    prefix = root / f"tiny_lsp{lsp}"
+    code = preprocess_main()(["--input", str(corpus), "--output-prefix", str(prefix), "--tokenizer", str(tokenizer),
+                              "--lsp", lsp, "--workers", "1", "--no-progress"])
+    assert code == 0
+    return str(prefix), str(tokenizer)
+
+
+def tiny_config(*, prefix: str, tokenizer: str, run_dir: str, overrides: list[str] = ()) -> Config:
+    """examples/tiny_cpu.yaml pointed at the given bins, with test-sized steps and extra dotted overrides."""
+    tree = yaml.safe_load(TINY_YAML.read_text())
+    tree["data"].update(prefixes=[prefix], tokenizer=tokenizer)
+    tree["logging"] = {"run_dir": run_dir, "tensorboard": False}
+    tree["train"].update(train_steps=3, eval_interval=0)
+    tree["checkpoint"] = {"save_interval": 0}
+    path = Path(run_dir).parent / (Path(run_dir).name + ".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tree))
+    return load_config(path, list(overrides))
+
+
+def save_initial_models(config: Config, out_dir: str) -> dict[str, str]:
+    """Rank function (world 1): build student and teacher at TP1/PP1 with the trainer's builder and save both."""
+    from megatron_truncdistill.convert.model_checkpoint import ModelMeta, save_model_checkpoint
+    from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
+    from megatron_truncdistill.tokenization import load_tokenizer
+    from megatron_truncdistill.training.setup import build_stage, plan_model, shared_padded_vocab
+
+    tok = load_tokenizer(config.data.tokenizer)
+    ctx = initialize_parallel(1, 1, seed=99)
+    padded = shared_padded_vocab(tok.vocab_size, 1)
+    paths = {}
+    for key in ("student", "teacher"):
+        plan = plan_model(getattr(config, key), key)
+        model = build_stage(getattr(config, key), plan, ctx, padded_vocab=padded, sequence_parallel=False)
+        paths[key] = str(Path(out_dir) / key)
+        save_model_checkpoint([model], paths[key], ModelMeta(hf_config=plan.hf_config, vocab_size=tok.vocab_size,
+                                                             padded_vocab_size=padded, params_dtype="float32",
+                                                             tokenizer=tok.identity()))
+    destroy_parallel()
+    return paths
