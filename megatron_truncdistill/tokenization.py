@@ -243,19 +243,18 @@ class SentencePieceTokenizer(ChatTokenizer):
         self._template_vars = {}
 
     def encode_batch(self, texts: Sequence[str], cuts: Sequence[Sequence[int]] | None = None) -> list[Encoded]:
-        protos = self._sp.encode(list(texts), out_type="immutable_proto")
         out = []
-        for i, proto in enumerate(protos):
-            pieces = proto.pieces
-            ids = np.fromiter((p.id for p in pieces), dtype=np.int64, count=len(pieces))
-            doc_cuts: tuple[int, ...] = ()
-            if cuts:
-                # SentencePiece offsets are bytes of the input: convert each char cut to a byte offset.
-                starts = np.fromiter((p.begin for p in pieces), dtype=np.int64, count=len(pieces))
-                byte_cuts = [len(texts[i][:c].encode("utf-8")) for c in cuts[i]]
-                doc_cuts = tuple(int(x) for x in np.searchsorted(starts, byte_cuts, side="left"))
+        for i, (ids, starts) in enumerate(self._encode_with_starts(list(texts))):
+            # SentencePiece has no char_to_token: search the [n] start offsets for each cut (two per document).
+            doc_cuts = tuple(int(c) for c in np.searchsorted(starts, cuts[i], side="left")) if cuts else ()
             out.append(Encoded(ids, doc_cuts))
         return out
+
+    def _encode_with_starts(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(ids [n], char start offsets [n])] via ``return_type="offset_mapping"`` (sentencepiece >= 0.2.1)."""
+        results = self._sp.encode(texts, return_type="offset_mapping")
+        return [(np.asarray(r["ids"], dtype=np.int64),
+                 np.fromiter((o[0] for o in r["offsets"]), dtype=np.int64, count=len(r["ids"]))) for r in results]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
