@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug, not a user error: still one line, and still no partial output
         print(f"error: internal error ({type(err).__name__}: {err}); no output was written", file=sys.stderr)
         return 3
-    counts = manifest["counts"]
-    print(f"wrote {counts['written']:,} documents to {args.output_prefix}_tokens.bin/.idx and "
-          f"{args.output_prefix}_sections.bin/.idx; {counts['rejected']:,} rejected "
+    counts, policy = manifest["counts"], manifest["truncation"]
+    print(f"wrote {counts['written']:,} documents ({policy['kind']}, lsp={policy['lsp']}) to {args.output_prefix}"
+          f"_tokens.bin/.idx and _sections.bin/.idx; {counts['rejected']:,} rejected "
           f"(see {args.output_prefix}.rejects.jsonl)")
     return 0
 
