@@ -96,8 +96,10 @@ class Workspace:
 DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}
 
 
-def resolve_chunk_size(chunk_size: int | None, *, tokens: int, width: int, device: torch.device) -> int:
-    """Rows per chunk: ``chunk_size`` if given, else rows whose fp32 shard fits a per-device element budget.
+def resolve_chunk_size(chunk_size: int | None, *, tokens: int, width: int, device: torch.device,
+                       min_rows: int = 1) -> int:
+    """Rows per chunk: ``chunk_size`` if given, else rows whose fp32 shard fits a per-device element budget (at
+    least ``min_rows``).
 
     Why the budgets differ: on CPU a chunk should stay in the last-level cache (each buffer here 8 MiB); on a GPU
     it should hold enough rows to fill the device and keep the number of collectives low (each buffer 256 MiB).
@@ -107,4 +109,4 @@ def resolve_chunk_size(chunk_size: int | None, *, tokens: int, width: int, devic
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(chunk_size, max(tokens, 1))
     budget = DEFAULT_CHUNK_ELEMENTS.get(device.type, DEFAULT_CHUNK_ELEMENTS["cuda"])
-    return max(1, min(max(tokens, 1), budget // max(width, 1)))
+    return max(1, min(max(tokens, 1), max(min_rows, budget // max(width, 1))))
