@@ -8,7 +8,8 @@ Rows:
 - raw tokenizer: ``tokenizers.Tokenizer.encode_batch`` alone on the same rendered texts, single-threaded, in the
   pipeline's batch size; rendering is done outside the timer. This is the ceiling per core.
 - pipeline, N workers: the whole job (read, parse, render, tokenize, sections, truncate, write bins + manifest).
-- naive, N procs (2 by default, the target's comparison point): ``datasets.load_dataset`` + ``Dataset.map(num_proc=N)`` with the ``transformers`` tokenizer
+- naive, N procs (N = 2 by default, the target's comparison point): ``datasets.load_dataset`` +
+  ``Dataset.map(num_proc=N)`` with the ``transformers`` tokenizer
   (``apply_chat_template`` + offsets, a per-token Python loop for sections) and a per-record ``add_item``.
 Prints a table, the ratios against the targets, and a final JSON line naming the machine and git commit.
 """
@@ -154,11 +155,12 @@ def main() -> None:
         tmp = Path(tmp)
         corpus = tmp / "corpus.jsonl"
         build_corpus(corpus, args.docs)
-        results["raw_tokenizer"] = bench_raw(corpus, job, batch=64)
-        for w in args.workers:
-            results[f"pipeline_{w}w"] = bench_pipeline(corpus, tmp, job, w)
-        for w in args.naive_workers:
-            results[f"naive_{w}w"] = bench_naive(corpus, tmp, w)
+        runs = [("raw_tokenizer", lambda: bench_raw(corpus, job, batch=64))]
+        runs += [(f"pipeline_{w}w", lambda w=w: bench_pipeline(corpus, tmp, job, w)) for w in args.workers]
+        runs += [(f"naive_{w}w", lambda w=w: bench_naive(corpus, tmp, w)) for w in args.naive_workers]
+        for name, bench in runs:
+            results[name] = bench()
+            print(_row(name, results[name]), file=sys.stderr, flush=True)  # partial results of a long run
     print("| run                      |     docs |        tokens |         s |    docs/s |     tokens/s |")
     print("|--------------------------|----------|---------------|-----------|-----------|--------------|")
     for name, r in results.items():

@@ -78,7 +78,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
                       think_close=args.think_close, implicit_think_open=args.implicit_think_open)
     if spec.format == "fields" and not spec.cot_key:
         raise PreprocessError("--format fields needs --cot-key (and usually --answer-key, --prompt-key)")
-    filters = FilterConfig(max_source_tokens=args.max_source_tokens, require_closed_thinking=args.require_closed_thinking,
+    filters = FilterConfig(max_source_tokens=args.max_source_tokens,
+                           require_closed_thinking=args.require_closed_thinking,
                            min_tokens=args.min_tokens, min_cot_tokens=args.min_cot_tokens,
                            min_answer_tokens=args.min_answer_tokens, max_record_chars=args.max_record_chars)
     job = Job(tokenizer=args.tokenizer, chat_format=args.chat_format, spec=spec, policy=policy, filters=filters)

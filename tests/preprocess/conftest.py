@@ -78,8 +78,9 @@ def make_job(tokenizer: str, *, policy: str = "none", lsp=None, max_tokens=None,
 
 @pytest.fixture
 def preprocess(tmp_path, qwen3_dir):
-    """Run the pipeline in-process: ``preprocess(inputs, name=, workers=, strict=, **job options) -> (prefix, manifest)``.
+    """Run the pipeline in-process: ``preprocess(inputs, name=, workers=, strict=, **job options)``.
 
+    Returns ``(prefix, manifest)``.
     Job options: policy, lsp, max_tokens, keep, spec (RecordSpec), filters (FilterConfig), tokenizer, chat_format.
     """
 
