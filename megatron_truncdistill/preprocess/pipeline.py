@@ -7,11 +7,16 @@ flight, which bounds memory whatever the corpus size (``Pool.imap`` would read t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import multiprocessing as mp
+import signal
 import sys
+import threading
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -81,8 +86,23 @@ def _chunks(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]
 _WORKER: DocumentProcessor | None = None
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C reaches the whole process group; only the parent should handle it (and print one line), so worker
+    processes are spawned while SIGINT is ignored: they inherit that and never print a KeyboardInterrupt traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _init_worker(job: Job) -> None:
     global _WORKER  # one processor per worker process, built once (tokenizer load + template probe)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also when spawned outside _sigint_ignored (not the main thread)
     _WORKER = DocumentProcessor(job)
 
 
@@ -95,21 +115,27 @@ def ordered_results(processor: DocumentProcessor, chunks: Iterable[list[RawRecor
     """Process chunks with ``workers`` processes, yielding results in input order with a bounded window.
 
     One worker runs in this process with ``processor``; more start a pool whose workers build their own from
-    ``processor.job``.
+    ``processor.job``. A worker that dies (e.g. OOM-killed) raises BrokenProcessPool instead of hanging the run.
     """
     if workers == 1:
         yield from map(processor.process, chunks)
         return
-    job = processor.job
     # spawn, not fork: the parent holds torch/megatron state that children must not inherit.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(processor.job,))
+    try:
         pending: deque = deque()
+        chunks = iter(chunks)
+        with _sigint_ignored():  # the first submits spawn the workers, which inherit "ignore SIGINT" while importing
+            pending.extend(pool.submit(_process, chunk) for chunk in itertools.islice(chunks, workers))
         for chunk in chunks:
-            pending.append(pool.apply_async(_process, (chunk,)))
+            pending.append(pool.submit(_process, chunk))
             if len(pending) >= 4 * workers:
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _describe_inputs(paths) -> list[dict]:

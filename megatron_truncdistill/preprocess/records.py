@@ -105,10 +105,7 @@ def _conversation(row: dict, spec: RecordSpec) -> Trace:
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         raise _RecordError("wrong_type", f"field {key!r} must be a non-empty list of turns")
-    messages = []
-    system = row.get(spec.system_key)
-    if isinstance(system, str) and system.strip():
-        messages.append({"role": "system", "content": system})
+    messages = list(_system_turn(row, spec))
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise _RecordError("wrong_type", f"{key}[{i}] is {type(turn).__name__}, expected object")
@@ -132,10 +129,13 @@ def _trace(prompt: tuple[dict, ...], response: str, spec: RecordSpec) -> Trace:
     return Trace(prompt, cot, answer, closed)
 
 
+def _system_turn(row: dict, spec: RecordSpec) -> tuple[dict, ...]:
+    system = _text(row, spec.system_key, required=False)
+    return ({"role": "system", "content": system},) if system.strip() else ()
+
+
 def _user_turns(row: dict, prompt: str, spec: RecordSpec) -> tuple[dict, ...]:
-    system = row.get(spec.system_key)
-    head = ({"role": "system", "content": system},) if isinstance(system, str) and system.strip() else ()
-    return head + ({"role": "user", "content": prompt},)
+    return _system_turn(row, spec) + ({"role": "user", "content": prompt},)
 
 
 def _first_key(row: dict, explicit: str | None, candidates: tuple[str, ...], what: str) -> str:
