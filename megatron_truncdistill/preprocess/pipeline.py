@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from megatron_truncdistill.preprocess.document import ChunkResult, DocumentProcessor, Job, Stats
 from megatron_truncdistill.preprocess.manifest import build_manifest
-from megatron_truncdistill.preprocess.readers import InputError, Reader, RawRecord, expand_inputs, file_sha256, \
-    input_files
+from megatron_truncdistill.preprocess.readers import (InputError, RawRecord, Reader, expand_inputs, file_sha256,
+                                                     input_files)
 from megatron_truncdistill.preprocess.rendering import TemplateError
 from megatron_truncdistill.tokenization import TokenizerError
 
