@@ -40,16 +40,24 @@ class DecoderShape:
         return self.num_layers * (attn + mlp) + h * self.vocab_size
 
 
-def forward_flops(shape: DecoderShape, seq_length: int) -> float:
-    """FLOPs of one forward pass over one causal sequence of ``seq_length`` tokens."""
-    h, d, L = shape.hidden_size, shape.head_dim, shape.num_layers
+def dense_flops_per_token(shape: DecoderShape) -> float:
+    """Projections, MLP and output layer: the FLOPs every token costs whatever the context length."""
+    h, d = shape.hidden_size, shape.head_dim
     qkv = 2 * h * d * (shape.num_attention_heads + 2 * shape.num_query_groups)
     out_proj = 2 * shape.num_attention_heads * d * h
     mlp = 2 * 3 * h * shape.ffn_hidden_size
-    dense_per_token = L * (qkv + out_proj + mlp) + 2 * h * shape.vocab_size
-    causal_pairs = seq_length * (seq_length + 1) / 2  # query-key pairs under the causal mask
-    attention = L * 2 * 2 * shape.num_attention_heads * d * causal_pairs  # scores (QK^T) and weighted sum (PV)
-    return seq_length * dense_per_token + attention
+    return shape.num_layers * (qkv + out_proj + mlp) + 2 * h * shape.vocab_size
+
+
+def attention_flops(shape: DecoderShape, seq_length: int, *, causal: bool = True) -> float:
+    """Scores (QK^T) and weighted values (PV) over one sequence; causal counts only the unmasked pairs."""
+    pairs = seq_length * (seq_length + 1) / 2 if causal else seq_length * seq_length
+    return shape.num_layers * 2 * 2 * shape.num_attention_heads * shape.head_dim * pairs
+
+
+def forward_flops(shape: DecoderShape, seq_length: int) -> float:
+    """FLOPs of one forward pass over one causal sequence of ``seq_length`` tokens."""
+    return seq_length * dense_flops_per_token(shape) + attention_flops(shape, seq_length)
 
 
 def training_flops(student: DecoderShape, teacher: DecoderShape | None, seq_length: int, *,
