@@ -47,6 +47,7 @@ class Batch:
     sections: torch.Tensor  # [b, s] uint8 section code of each label (PAD_SECTION where none)
     position_ids: torch.Tensor  # [b, s] int64
     attention_mask: torch.Tensor | None  # [b, 1, s, s] bool, True = masked; None = plain causal (padding mode)
+    real_tokens: int  # tokens that are not padding (what the batch costs usefully)
 
 
 def _fill_row(documents, *, seq_length: int, loss_codes: np.ndarray, row: dict) -> None:
@@ -88,5 +89,5 @@ def collate(samples: list[list[tuple[np.ndarray, np.ndarray]]], *, seq_length: i
         # padding rows attend to nothing; let them attend to themselves so softmax stays finite
         mask[:, 0].diagonal(dim1=-2, dim2=-1).copy_(mask[:, 0].diagonal(dim1=-2, dim2=-1) & (doc >= 0))
     return Batch(stack["tokens"], stack["labels"], stack["loss_mask"], stack["sections"], stack["position_ids"],
-                 mask)
+                 mask, int((stack["doc_id"] >= 0).sum()))
 

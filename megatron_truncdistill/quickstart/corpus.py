@@ -3,7 +3,11 @@
 Three task families, each with a CoT a small model can learn to execute step by step:
 - column addition of 2–3-digit numbers: one line per digit with its carry, then the digits read back;
 - linear equations a·x + b = c: undo the addition, then the multiplication;
-- chained unit conversions (h → min → s, km → m → cm, kg → g): one multiplication per hop.
+- chained metric unit conversions (km → m → cm → mm, kg → g, L → mL): one multiplication per hop.
+
+Operand ranges are chosen so that each step is learnable by a ~1M-parameter model in minutes of CPU training
+(single-digit subtraction and division facts, power-of-ten factors), and so that every family has hundreds of
+distinct prompts: the held-out test split removes every training record whose prompt it contains.
 
 Records use the prompt/response layout of DeepSeek-R1 traces (``<think>COT</think>ANSWER``), so they go through
 ``tools/preprocess.py`` unchanged. The final answer line is always ``Answer: N``.
@@ -17,7 +21,7 @@ from pathlib import Path
 
 ANSWER_PREFIX = "Answer: "
 UNIT_CHAINS = {  # unit -> (next unit, factor)
-    "h": ("min", 60), "min": ("s", 60), "km": ("m", 1000), "m": ("cm", 100), "kg": ("g", 1000),
+    "km": ("m", 1000), "m": ("cm", 100), "cm": ("mm", 10), "kg": ("g", 1000), "L": ("mL", 1000),
 }
 
 
@@ -37,16 +41,16 @@ def _addition(rng: random.Random) -> tuple[str, list[str], int]:
 
 
 def _linear(rng: random.Random) -> tuple[str, list[str], int]:
-    a, x, b = rng.randrange(2, 10), rng.randrange(1, 13), rng.randrange(1, 30)
+    a, x, b = rng.randrange(2, 6), rng.randrange(1, 10), rng.randrange(1, 10)
     c = a * x + b
     steps = [f"{a}x+{b}={c}", f"{a}x={c}-{b}={c - b}", f"x={c - b}/{a}={x}"]
     return f"Solve {a}x+{b}={c} for x.", steps, x
 
 
 def _conversion(rng: random.Random) -> tuple[str, list[str], int]:
-    start = rng.choice(["h", "km", "kg"])
-    hops = 1 if start == "kg" else rng.choice([1, 2])
-    value = rng.randrange(2, 10)
+    start = rng.choice(["km", "m", "kg", "L"])
+    hops = rng.choice([1, 2]) if start in ("km", "m") else 1
+    value = rng.randrange(2, 100)
     unit, steps, current = start, [], value
     for _ in range(hops):
         nxt, factor = UNIT_CHAINS[unit]

@@ -140,8 +140,16 @@ class TrainingRun:
         self.step += 1
         self.consumed_samples += self.config.train.global_batch_size
         peak = device_peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
-        return step_record(stats, step=self.step, step_time_s=elapsed, flops_per_step=self.flops_per_step,
-                           world_size=dist.get_world_size(), peak_tflops=peak)
+        record = step_record(stats, step=self.step, step_time_s=elapsed, flops_per_step=self.flops_per_step,
+                             world_size=dist.get_world_size(), peak_tflops=peak)
+        record["input_tokens"] = self._global_input_tokens(batches)
+        return record
+
+    def _global_input_tokens(self, batches) -> int:
+        """Non-padding tokens fed to the models this step, over data-parallel ranks (all TP/PP ranks agree)."""
+        count = torch.tensor([float(sum(b.real_tokens for b in batches))], dtype=torch.float64)
+        dist.all_reduce(count, group=self.ctx.dp_group)
+        return int(count.item())
 
     def validate(self) -> float:
         """Mean objective over ``train.eval_batches`` global batches of the validation split (no grad)."""

@@ -4,8 +4,7 @@ import re
 
 from megatron_truncdistill.quickstart.corpus import extract_answer, generate, split_train_test
 
-UNITS = {("h", "min"): 60, ("min", "s"): 60, ("km", "m"): 1000, ("m", "cm"): 100, ("kg", "g"): 1000}
-TO_BASE = {"h": 3600, "min": 60, "s": 1, "km": 100000, "m": 100, "cm": 1, "kg": 1000, "g": 1}
+TO_BASE = {"km": 1000000, "m": 1000, "cm": 10, "mm": 1, "kg": 1000, "g": 1, "L": 1000, "mL": 1}
 
 
 def independent_answer(prompt: str) -> int:
@@ -45,6 +44,12 @@ def test_answers_and_steps_are_correct():
         assert extract_answer(r["response"]) == r["answer"]
         assert r["response"].startswith("<think>\n") and "\n</think>\n\n" in r["response"]
         _check_steps(r)
+
+
+def test_every_family_has_hundreds_of_distinct_prompts():
+    records = generate(20000, seed=1)
+    for task in ("addition", "linear", "conversion"):
+        assert len({r["prompt"] for r in records if r["task"] == task}) >= 300, task
 
 
 def test_held_out_split_never_leaks_a_prompt():
