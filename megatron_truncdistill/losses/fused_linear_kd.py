@@ -49,7 +49,7 @@ def _tp_size(group: dist.ProcessGroup | None) -> int:
 
 
 def gather_sequence(hidden: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """``[s/tp, b, h]`` -> ``[s, b, h]``: all-gather sequence shards along dim 0 (megatron's sequence-parallel order)."""
+    """``[s/tp, b, h]`` -> ``[s, b, h]``: all-gather the sequence shards along dim 0, megatron's SP order."""
     if _tp_size(group) == 1:
         return hidden
     parts = [torch.empty_like(hidden) for _ in range(_tp_size(group))]

@@ -97,7 +97,7 @@ def vocab_parallel_kd_terms(student_logits, teacher_logits, labels, *, spec: Los
                             inplace_backward: bool = False):
     """(loss, kd, ce), each ``[s, b]`` fp32; only ``loss = kd_weight·kd + ce_weight·ce`` is differentiable.
 
-    labels: ``[s, b]`` token ids, read when ``spec.ce_weight`` (every id must be a real row: the caller checks).
+    labels: ``[s, b]`` token ids for CE (every id must be a real row: the caller checks), or None for no CE.
     """
     shard = logits_shard(student_logits, teacher_logits, tp_group=tp_group, vocab_size=vocab_size)
     teacher = None if teacher_logits is None else teacher_logits.detach()
