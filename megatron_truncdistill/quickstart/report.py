@@ -1,0 +1,105 @@
+"""The quickstart's results: one table (markdown + JSON + PNG) of accuracy against training cost per model/LSP."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+PAPER_HEADLINE = ("Chen et al. (2026), Qwen3-8B -> Qwen3-4B-Base, math benchmarks: LSP 0.5 keeps ~91% of "
+                  "LSP 1.0 accuracy with ~50% less training time, memory and FLOPs.")
+
+
+def run_costs(metrics_path: Path) -> dict:
+    """Sum a run's metrics.jsonl: tokens, FLOPs, step time, peak memory."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    flops = sum(r["tflops_per_device"] * 1e12 * r["step_time_s"] for r in steps)  # per device
+    return {
+        "steps": len(steps),
+        "input_tokens": sum(r.get("input_tokens", 0) for r in steps),
+        "loss_tokens": sum(r["tokens"] for r in steps),
+        "flops_per_device": flops,
+        "train_time_s": sum(r["step_time_s"] for r in steps),
+        "mean_step_time_s": sum(r["step_time_s"] for r in steps) / max(len(steps), 1),
+        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in steps),
+        "final_loss": steps[-1]["loss"] if steps else None,
+    }
+
+
+def _ratio(a, b):
+    return a / b if (a is not None and b) else None
+
+
+def build_rows(results: dict) -> list[dict]:
+    """``results[name] = {"lsp", "accuracy", "per_task", "costs"}`` -> table rows with retention vs LSP 1.0."""
+    base = results.get("student_lsp1.0")
+    rows = []
+    for name, r in results.items():
+        c = r["costs"]
+        row = {"model": name, "lsp": r["lsp"], "accuracy": r["accuracy"], "per_task": r["per_task"],
+               "input_tokens": c["input_tokens"], "flops_per_device": c["flops_per_device"],
+               "train_time_s": c["train_time_s"], "peak_mem_bytes": c["peak_mem_bytes"]}
+        if base is not None and name.startswith("student"):
+            bc = base["costs"]
+            row.update(retention=_ratio(r["accuracy"], base["accuracy"]),
+                       tokens_vs_1=_ratio(c["input_tokens"], bc["input_tokens"]),
+                       flops_vs_1=_ratio(c["flops_per_device"], bc["flops_per_device"]),
+                       time_vs_1=_ratio(c["train_time_s"], bc["train_time_s"]),
+                       memory_vs_1=_ratio(c["peak_mem_bytes"], bc["peak_mem_bytes"]))
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], *, predicted: str | None, machine: str) -> str:
+    lines = [f"# Quickstart results ({machine})", "",
+             "| model | LSP | accuracy | retention vs LSP 1.0 | training tokens | FLOPs/device | wall time (s) | "
+             "peak memory (GiB) | tokens / FLOPs / time / memory vs LSP 1.0 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratios = "/".join(_fmt(r.get(k), ".2f") for k in ("tokens_vs_1", "flops_vs_1", "time_vs_1", "memory_vs_1"))
+        lines.append(f"| {r['model']} | {r['lsp']} | {r['accuracy']:.3f} | {_fmt(r.get('retention'), '.2f')} | "
+                     f"{r['input_tokens']:,} | {r['flops_per_device']:.3g} | {r['train_time_s']:.1f} | "
+                     f"{r['peak_mem_bytes'] / 2**30:.2f} | {ratios if 'tokens_vs_1' in r else '-'} |")
+    lines += ["", "Per task accuracy: " + "; ".join(
+        f"{r['model']}: " + ", ".join(f"{t} {a:.2f}" for t, a in r["per_task"].items()) for r in rows), "",
+        f"Paper: {PAPER_HEADLINE}", ""]
+    if predicted:
+        lines += ["## Planner prediction vs measurement (per optimizer step)", "", predicted, ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    students = [r for r in rows if r["model"].startswith("student")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = [f"LSP {r['lsp']}" for r in students]
+    ax1.bar(names, [r["accuracy"] for r in students], color="#4c72b0")
+    teacher = next((r for r in rows if r["model"] == "teacher"), None)
+    if teacher:
+        ax1.axhline(teacher["accuracy"], color="k", ls="--", label="teacher")
+        ax1.legend()
+    ax1.set_ylabel("held-out exact-match accuracy")
+    keys = [("tokens_vs_1", "tokens"), ("flops_vs_1", "FLOPs"), ("time_vs_1", "time"), ("memory_vs_1", "memory")]
+    width = 0.35
+    for i, r in enumerate(students):
+        ax2.bar([j + i * width for j in range(len(keys))], [r.get(k) or 0 for k, _ in keys], width, label=names[i])
+    ax2.set_xticks([j + width / 2 for j in range(len(keys))], [label for _, label in keys])
+    ax2.set_ylabel("cost relative to LSP 1.0")
+    ax2.axhline(0.5, color="gray", ls=":", lw=1)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_name() -> str:
+    return f"{platform.node()} {platform.machine()} {__import__('os').cpu_count()} cores"
