@@ -58,7 +58,13 @@ def _free_port() -> int:
 
 @contextmanager
 def distributed_session():
-    """Initialize the default group from torchrun's environment (or as a single process without torchrun)."""
+    """Initialize the default group from torchrun's environment (or as a single process without torchrun).
+
+    An already initialized group (a test harness, a notebook) is used as it is and left to its owner.
+    """
+    if dist.is_initialized():
+        yield
+        return
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))

@@ -91,12 +91,3 @@ def write_jsonl(records: list[dict], path: str | Path) -> Path:
             f.write(json.dumps(record) + "\n")
     return path
 
-
-def extract_answer(text: str) -> str | None:
-    """The integer after the last ``Answer:`` in generated text (None when there is none)."""
-    idx = text.rfind(ANSWER_PREFIX)
-    if idx < 0:
-        return None
-    tail = text[idx + len(ANSWER_PREFIX):].strip().split()
-    token = tail[0] if tail else ""
-    return token if token.lstrip("-").isdigit() else None

@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import subprocess
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
+from megatron_truncdistill import experiments
+from megatron_truncdistill.checkpoint.train_state import resolve_checkpoint
+from megatron_truncdistill.evaluation.exact_match import answer_line
 from megatron_truncdistill.quickstart.corpus import generate, split_train_test, write_jsonl
 from megatron_truncdistill.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
@@ -50,7 +50,7 @@ class QuickstartSettings:
 
 
 def log(message: str) -> None:
-    print(f"[quickstart {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    experiments.log(message, tag="quickstart")
 
 
 def make_corpus(s: QuickstartSettings, out: Path) -> tuple[Path, list[dict]]:
@@ -60,20 +60,8 @@ def make_corpus(s: QuickstartSettings, out: Path) -> tuple[Path, list[dict]]:
     return write_jsonl(train, out / "data" / "train.jsonl"), test
 
 
-def preprocess(corpus: Path, tokenizer: Path, prefix: Path, lsp: str) -> dict:
-    from megatron_truncdistill.preprocess.document import FilterConfig, Job
-    from megatron_truncdistill.preprocess.pipeline import PreprocessConfig, run
-    from megatron_truncdistill.preprocess.records import RecordSpec
-    from megatron_truncdistill.preprocess.truncation import make_policy
-
-    job = Job(tokenizer=str(tokenizer), chat_format=None, spec=RecordSpec(), policy=make_policy("lead-span", lsp=lsp),
-              filters=FilterConfig())
-    return run(PreprocessConfig(inputs=[str(corpus)], output_prefix=str(prefix), job=job, workers=1,
-                                overwrite=True, progress=False))
-
-
 def run_config(s: QuickstartSettings, *, prefix: Path, tokenizer: Path, run_dir: Path, arch: dict,
-               steps: int, teacher_ckpt: str | None, lsp: str) -> dict:
+               steps: int, teacher_ckpt: str | None) -> dict:
     """The trainer YAML of one run: teacher training is the student-only mode (no teacher, CE on COT+ANSWER)."""
     distill = ({"kd_weight": 0.5, "divergence": "forward_kl", "temperature": 1.0,
                 "loss_sections": ["PROMPT", "COT", "ANSWER"]} if teacher_ckpt else
@@ -88,24 +76,7 @@ def run_config(s: QuickstartSettings, *, prefix: Path, tokenizer: Path, run_dir:
                   s.global_batch_size, "lr": s.lr, "min_lr": s.lr / 10, "warmup_fraction": 0.05,
                   "weight_decay": 0.01, "seed": s.seed},
         "logging": {"run_dir": str(run_dir), "tensorboard": True},
-        "resolved_for": f"quickstart LSP {lsp}",
     }
-
-
-def launch(config: dict, *, path: Path, ranks: int) -> float:
-    """Run the trainer under torchrun; stream its console; returns wall seconds. Raises on failure."""
-    config = dict(config)
-    config.pop("resolved_for")
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-           "-m", "megatron_truncdistill.train", "--config", str(path)]
-    log(" ".join(cmd[2:]))
-    start = time.perf_counter()
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, stdout=None, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"trainer failed with exit code {proc.returncode} (config {path})")
-    return time.perf_counter() - start
 
 
 def _hash(payload: dict) -> str:
@@ -122,38 +93,10 @@ def train_teacher(s: QuickstartSettings, out: Path, *, prefix: Path, tokenizer: 
         log(f"reusing cached teacher {run_dir}")
         return run_dir
     config = run_config(s, prefix=prefix, tokenizer=tokenizer, run_dir=run_dir, arch=s.teacher_arch,
-                        steps=s.teacher_steps, teacher_ckpt=None, lsp="1.0")
+                        steps=s.teacher_steps, teacher_ckpt=None)
     config["parallel"] = {"tensor_model_parallel_size": 1}  # data parallel over the ranks: fastest for a tiny model
-    launch(config, path=out / "configs" / "teacher.yaml", ranks=s.ranks)
+    experiments.launch_trainer(config, path=out / "configs" / "teacher.yaml", ranks=s.ranks, tag="quickstart")
     return run_dir
-
-
-def evaluate_all(runs: dict[str, Path], *, tokenizer: Path, test: list[dict]) -> dict:
-    """Greedy exact match for every run's final checkpoint, in this process (one gloo rank, TP1/PP1)."""
-    from megatron_truncdistill.evaluation.exact_match import evaluate_exact_match
-    from megatron_truncdistill.evaluation.load import load_for_eval
-    from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
-    from megatron_truncdistill.runtime import enable_cpu_runtime
-    from megatron_truncdistill.tokenization import load_tokenizer
-    from megatron_truncdistill.train import distributed_session
-
-    tok = load_tokenizer(tokenizer)
-    results = {}
-    enable_cpu_runtime()
-    with distributed_session():
-        initialize_parallel(1, 1, seed=0)
-        for name, run_dir in runs.items():
-            model, _ = load_for_eval(run_dir / "checkpoints")
-            per_task, correct = {}, 0
-            for task in sorted({r["task"] for r in test}):
-                subset = [r for r in test if r["task"] == task]
-                res = evaluate_exact_match(model, tok, subset)
-                per_task[task] = res.accuracy
-                correct += res.correct
-            results[name] = {"accuracy": correct / len(test), "per_task": per_task}
-            log(f"{name}: accuracy {correct / len(test):.3f} " + ", ".join(f"{t} {a:.2f}" for t, a in per_task.items()))
-        destroy_parallel()
-    return results
 
 
 def predicted_vs_measured(s: QuickstartSettings, prefixes: dict, costs: dict) -> str:
@@ -203,25 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_tiny_tokenizer(out / "tokenizer")
     log("2/5 preprocess at LSP " + " and ".join(s.lsps))
     prefixes = {lsp: out / "bins" / f"train_lsp{lsp}" for lsp in s.lsps}
-    manifests = {lsp: preprocess(corpus, tokenizer, prefixes[lsp], lsp) for lsp in s.lsps}
+    manifests = {lsp: experiments.preprocess_corpus([str(corpus)], tokenizer=str(tokenizer), prefix=prefixes[lsp],
+                                                    lsp=lsp) for lsp in s.lsps}
     corpus_sha = manifests[s.lsps[0]]["inputs"][0]["files"][0]["sha256"]
     log("3/5 teacher (4 layers, hidden 128) on full traces, then students (2 layers, hidden 96) per LSP")
     runs = {"teacher": train_teacher(s, out, prefix=prefixes["1.0"], tokenizer=tokenizer, corpus_sha=corpus_sha)}
     teacher_ckpt = str(runs["teacher"] / "checkpoints")
     for lsp in s.lsps:
         run_dir = out / "runs" / f"student_lsp{lsp}"
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        from megatron_truncdistill.checkpoint.train_state import resolve_checkpoint
-
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of the last quickstart
         config = run_config(s, prefix=prefixes[lsp], tokenizer=tokenizer, run_dir=run_dir, arch=s.student_arch,
-                            steps=s.student_steps, teacher_ckpt=str(resolve_checkpoint(teacher_ckpt)), lsp=lsp)
-        launch(config, path=out / "configs" / f"student_lsp{lsp}.yaml", ranks=s.ranks)
+                            steps=s.student_steps, teacher_ckpt=str(resolve_checkpoint(teacher_ckpt)))
+        experiments.launch_trainer(config, path=out / "configs" / f"student_lsp{lsp}.yaml", ranks=s.ranks,
+                                   tag="quickstart")
         runs[f"student_lsp{lsp}"] = run_dir
     log("4/5 greedy evaluation on the held-out problems")
-    accuracy = evaluate_all(runs, tokenizer=tokenizer, test=test)
+    accuracy = experiments.evaluate_checkpoints({name: d / "checkpoints" for name, d in runs.items()},
+                                                tokenizer=tokenizer, records=test, extract=answer_line,
+                                                group_key="task", tag="quickstart")
     log("5/5 report")
     costs = {name: report.run_costs(run_dir / "metrics.jsonl") for name, run_dir in runs.items()}
     results = {name: {"lsp": "1.0" if name == "teacher" else name.split("lsp")[1], **accuracy[name],

@@ -2,7 +2,8 @@
 
 import re
 
-from megatron_truncdistill.quickstart.corpus import extract_answer, generate, split_train_test
+from megatron_truncdistill.evaluation.exact_match import answer_line as extract_answer
+from megatron_truncdistill.quickstart.corpus import generate, split_train_test
 
 TO_BASE = {"km": 1000000, "m": 1000, "cm": 10, "mm": 1, "kg": 1000, "g": 1, "L": 1000, "mL": 1}
 
@@ -61,3 +62,13 @@ def test_extract_answer():
     assert extract_answer("...\n</think>\n\nAnswer: 1350") == "1350"
     assert extract_answer("Answer: 3 then Answer: 12 more") == "12"
     assert extract_answer("no answer here") is None and extract_answer("Answer: x") is None
+    assert extract_answer("Answer: 5 ... Answer: x") is None, "only the last Answer: line counts"
+    assert extract_answer("Answer: 12<|im_end|>") == "12" and extract_answer("Answer: -3\n") == "-3"
+    assert extract_answer("Answer: 12.5") is None and extract_answer("Answer: 12x") is None
+
+
+def test_boxed_extractor():
+    from megatron_truncdistill.evaluation.exact_match import boxed
+
+    assert boxed(r"so \boxed{\frac{1}{2}} done") == r"\frac{1}{2}"
+    assert boxed(r"\boxed{3} then \boxed{ 4 }") == "4" and boxed("none") is None and boxed(r"\boxed{open") is None
