@@ -48,6 +48,7 @@ class Batch:
     position_ids: torch.Tensor  # [b, s] int64
     attention_mask: torch.Tensor | None  # [b, 1, s, s] bool, True = masked; None = plain causal (padding mode)
     real_tokens: int  # tokens that are not padding (what the batch costs usefully)
+    cu_seqlens: torch.Tensor | None = None  # [n_docs + 1] int32 document boundaries of a packed 1-sample batch
 
 
 def _fill_row(documents, *, seq_length: int, loss_codes: np.ndarray, row: dict) -> None:
@@ -89,5 +90,15 @@ def collate(samples: list[list[tuple[np.ndarray, np.ndarray]]], *, seq_length: i
         # padding rows attend to nothing; let them attend to themselves so softmax stays finite
         mask[:, 0].diagonal(dim1=-2, dim2=-1).copy_(mask[:, 0].diagonal(dim1=-2, dim2=-1) & (doc >= 0))
     return Batch(stack["tokens"], stack["labels"], stack["loss_mask"], stack["sections"], stack["position_ids"],
-                 mask, int((stack["doc_id"] >= 0).sum()))
+                 mask, int((stack["doc_id"] >= 0).sum()),
+                 cu_seqlens=_cu_seqlens(rows[0]["spans"], seq_length) if packing and len(rows) == 1 else None)
+
+
+def _cu_seqlens(spans: list[tuple[int, int]], seq_length: int) -> torch.Tensor:
+    """Cumulative document boundaries for Transformer Engine's packed (THD) attention; the padding tail, if
+    any, is one more segment (its tokens carry no loss)."""
+    bounds = [0] + [end for _, end in spans]
+    if bounds[-1] < seq_length:
+        bounds.append(seq_length)
+    return torch.tensor(bounds, dtype=torch.int32)
 

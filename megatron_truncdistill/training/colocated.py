@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
+from megatron.core.packed_seq_params import PackedSeqParams
+
 from megatron_truncdistill.data.samples import Batch
 
 
@@ -49,8 +51,11 @@ def logits_from_hidden(model, hidden: torch.Tensor) -> torch.Tensor:
 class ColocatedStage(torch.nn.Module):
     """Student stage (DDP-wrapped) + teacher stage (frozen, or None for student-only training)."""
 
-    def __init__(self, student_ddp, teacher, *, is_last_stage: bool) -> None:
+    def __init__(self, student_ddp, teacher, *, is_last_stage: bool, packed_thd: bool = False) -> None:
+        """``packed_thd``: packed documents go to Transformer Engine as THD sequences (``cu_seqlens``) instead of
+        a block-diagonal mask, which TE's fused attention does not take."""
         super().__init__()
+        self.packed_thd = packed_thd
         self.student = student_ddp
         self.teacher = teacher
         self.is_last_stage = is_last_stage
@@ -75,12 +80,22 @@ class ColocatedStage(torch.nn.Module):
             teacher_part = tensor[..., self.student_hidden:].detach()  # [s, b, h_t]
             self.teacher.set_input_tensor(teacher_part.to(self.teacher.config.params_dtype))
 
+    def _inputs(self, batch: Batch) -> dict:
+        if self.packed_thd and batch.cu_seqlens is not None:
+            cu = batch.cu_seqlens.to(batch.tokens.device)
+            longest = int((cu[1:] - cu[:-1]).max())
+            params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest,
+                                     max_seqlen_kv=longest)
+            return dict(attention_mask=None, packed_seq_params=params)
+        return dict(attention_mask=batch.attention_mask)
+
     def _run(self, model, batch: Batch) -> torch.Tensor:
+        inputs = self._inputs(batch)
         if not self.is_last_stage:
-            return model(batch.tokens, batch.position_ids, batch.attention_mask)  # [s, b, h]
+            return model(batch.tokens, batch.position_ids, **inputs)  # [s, b, h]
         core = model.module if hasattr(model, "module") else model
         with _final_hidden_states(core):
-            hidden = model(batch.tokens, batch.position_ids, batch.attention_mask)  # [b, s, h] (transposed)
+            hidden = model(batch.tokens, batch.position_ids, **inputs)  # [b, s, h] (transposed)
         return hidden.transpose(0, 1)  # [s, b, h] view
 
     def forward(self, batch: Batch):

@@ -85,7 +85,9 @@ class TrainingRun:
         hidden = plans[0].arch.hidden_size + (plans[1].arch.hidden_size if teacher is not None else 0)
         meta = ModelMeta(hf_config=plans[0].hf_config, vocab_size=tokenizer.vocab_size, padded_vocab_size=padded,
                          params_dtype=config.student.params_dtype, tokenizer=tokenizer.identity())
-        run = cls(config=config, ctx=ctx, stage=ColocatedStage(ddp[0], teacher, is_last_stage=ctx.is_last_stage),
+        stage = ColocatedStage(ddp[0], teacher, is_last_stage=ctx.is_last_stage,
+                               packed_thd=config.data.packing and validation.uses_transformer_engine(config))
+        run = cls(config=config, ctx=ctx, stage=stage,
                   ddp=ddp, optimizer=optimizer, scheduler=scheduler, train_batches=train_batches,
                   valid_batches=valid_batches, forward_step=make_forward_step(setup),
                   batching=MicroBatching(train_batches.num_microbatches, config.train.micro_batch_size, seq_length),

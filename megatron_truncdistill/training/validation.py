@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from megatron_truncdistill.config import Config, ConfigError
-from megatron_truncdistill.models.layer_spec import transformer_engine_available
+from megatron_truncdistill.models.layer_spec import resolve_use_te, transformer_engine_available
+
+
+def uses_transformer_engine(config: Config) -> bool:
+    """Whether the student's layers will be Transformer Engine's (decides how packed documents are passed)."""
+    return resolve_use_te(config.student.use_te, fp8=config.student.fp8 is not None)
 
 
 def check_layout(config: Config, plans: list, *, world_size: int) -> None:
@@ -25,6 +30,9 @@ def check_layout(config: Config, plans: list, *, world_size: int) -> None:
                               f"({a.num_layers})")
     dp = world_size // (tp * pp)
     t = config.train
+    if config.data.packing and uses_transformer_engine(config) and t.micro_batch_size != 1:
+        raise ConfigError(f"train.micro_batch_size={t.micro_batch_size}: packed documents go to Transformer Engine "
+                          "as one THD sequence per micro-batch; use micro_batch_size=1 with data.packing")
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
                           f"train.micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
