@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megatron_truncdistill.models.hf_config import ModelArchitecture, architecture_from_hf
+
 
 @dataclass(frozen=True)
 class DecoderShape:
-    """What FLOPs depend on; built from ``models.hf_config.ModelArchitecture`` or a HF config dict."""
+    """What FLOPs depend on: the matrix shapes of a ``ModelArchitecture``."""
 
     num_layers: int
     hidden_size: int
@@ -24,12 +26,14 @@ class DecoderShape:
     vocab_size: int
 
     @classmethod
+    def from_architecture(cls, arch: ModelArchitecture) -> "DecoderShape":
+        return cls(num_layers=arch.num_layers, hidden_size=arch.hidden_size, ffn_hidden_size=arch.ffn_hidden_size,
+                   num_attention_heads=arch.num_attention_heads, num_query_groups=arch.num_query_groups,
+                   head_dim=arch.head_dim, vocab_size=arch.vocab_size)
+
+    @classmethod
     def from_hf(cls, config: dict) -> "DecoderShape":
-        heads = config["num_attention_heads"]
-        return cls(num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-                   ffn_hidden_size=config["intermediate_size"], num_attention_heads=heads,
-                   num_query_groups=config.get("num_key_value_heads") or heads,
-                   head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab_size=config["vocab_size"])
+        return cls.from_architecture(architecture_from_hf(config))
 
     @property
     def parameters(self) -> int:
