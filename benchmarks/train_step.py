@@ -72,8 +72,8 @@ def _config(setup: dict, *, prefix: Path, run_dir: Path, teacher: bool, steps: i
         "teacher": {"architecture": setup["teacher"], "params_dtype": setup["dtype"]} if teacher else None,
         "parallel": {"tensor_model_parallel_size": setup["tp"]},
         "distill": {"kd_weight": 0.5 if teacher else 0.0},
-        "train": {"train_steps": steps, "micro_batch_size": setup["micro"], "global_batch_size": setup["global"],
-                  "lr": 1e-4, "warmup_fraction": 0.0},
+        "train": {"train_steps": steps, "micro_batch_size": setup["micro"], "global_batch_size": setup["global"]},
+        "optimizer": {"lr": 1e-4, "warmup_fraction": 0.0},
         "logging": {"run_dir": str(run_dir), "tensorboard": False},
         "checkpoint": {"save_interval": 0},
     }

@@ -102,16 +102,29 @@ class TrainConfig:
     """Steps between validation passes (0 = never)."""
     eval_batches: int = 4
     """Global batches per validation pass."""
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its schedule. Defaults reproduce the paper: lr 4e-6, weight decay 0.05, 10% warmup, cosine."""
+
     lr: float = 4e-6
+    """Peak learning rate."""
     min_lr: float = 0.0
+    """Floor of the decay."""
     weight_decay: float = 0.05
+    """Decoupled (AdamW) weight decay."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
     warmup_fraction: float = 0.1
+    """Fraction of train.train_steps spent in linear warmup."""
     lr_decay_style: str = "cosine"
+    """megatron-core decay style: constant, linear, cosine, inverse-square-root."""
     use_distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
 
 
 @dataclass
@@ -140,6 +153,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -268,6 +282,8 @@ def _check_config(c: Config) -> None:
     _require(t.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
     _require(t.global_batch_size % t.micro_batch_size == 0, "train.global_batch_size",
              f"{t.global_batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}")
+    _require(c.optimizer.lr > 0, "optimizer.lr", "must be positive")
+    _require(0 <= c.optimizer.warmup_fraction <= 1, "optimizer.warmup_fraction", "must be in [0, 1]")
     for model_key in ("student", "teacher"):
         model = getattr(c, model_key)
         if model is None:

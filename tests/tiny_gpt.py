@@ -13,11 +13,12 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
+from megatron_truncdistill.config import OptimizerConfig
 from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
 from megatron_truncdistill.checkpoint.train_state import load_training_checkpoint, save_training_checkpoint
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
 from megatron_truncdistill.training.optimizer import (
-    OptimizerSettings, build_optimizer, install_grad_finalizer, wrap_student_ddp)
+    build_optimizer, install_grad_finalizer, wrap_student_ddp)
 from megatron_truncdistill.training.step import MicroBatching, train_step
 
 VOCAB, SEQ, HIDDEN, LAYERS = 256, 32, 64, 4
@@ -83,7 +84,7 @@ def train_tiny_gpt(tp: int, pp: int, *, init_dir: str, steps: range, distributed
     model.load_state_dict(load_sharded({"model": model.sharded_state_dict()}, init_dir)["model"])
     ddp = wrap_student_ddp([model], transformer_config=config, use_distributed_optimizer=distributed_optimizer)
     install_grad_finalizer(config, ddp)
-    settings = OptimizerSettings(lr=1e-3, warmup_fraction=0.25, use_distributed_optimizer=distributed_optimizer)
+    settings = OptimizerConfig(lr=1e-3, warmup_fraction=0.25, use_distributed_optimizer=distributed_optimizer)
     optimizer, scheduler = build_optimizer(ddp, settings, train_steps=8, params_dtype=torch.float32)
     if resume_dir:
         point = load_training_checkpoint(resume_dir, ddp_chunks=ddp, optimizer=optimizer, scheduler=scheduler,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from megatron.core.models.gpt import GPTModel
 
 from megatron_truncdistill.models.hf_config import ModelArchitecture
@@ -44,7 +45,7 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
     if arch.num_layers % ctx.pp_size:
         raise ValueError(f"pipeline_model_parallel_size={ctx.pp_size} must divide num_layers={arch.num_layers}")
     config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te)
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=gpt_layer_spec(arch, use_te=use_te),
         vocab_size=padded_vocab_size,
@@ -58,3 +59,17 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
         rope_scaling=arch.rope_scaling_factor is not None,
         rope_scaling_factor=arch.rope_scaling_factor or 8.0,  # unused when rope_scaling is False
     )
+    _params_to_dtype(model, options.params_dtype)
+    return model
+
+
+def _params_to_dtype(model: GPTModel, dtype: torch.dtype) -> None:
+    """Give every parameter the model dtype, as HF checkpoints and Transformer Engine layers have it.
+
+    The local spec's ``torch.nn.RMSNorm`` ignores ``params_dtype`` and keeps fp32 weights in a bf16 model;
+    megatron-core's mixed-precision optimizer then cannot checkpoint them (its sharded state dict maps only the
+    float16 parameters: "Param id N does not match any model sharded param"). Buffers (RoPE frequencies) stay.
+    """
+    for param in model.parameters():
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)

@@ -73,8 +73,8 @@ def run_config(s: QuickstartSettings, *, prefix: Path, tokenizer: Path, run_dir:
         "parallel": {"tensor_model_parallel_size": s.ranks if teacher_ckpt else 1},
         "distill": distill,
         "train": {"train_steps": steps, "micro_batch_size": s.micro_batch_size, "global_batch_size":
-                  s.global_batch_size, "lr": s.lr, "min_lr": s.lr / 10, "warmup_fraction": 0.05,
-                  "weight_decay": 0.01, "seed": s.seed},
+                  s.global_batch_size, "seed": s.seed},
+        "optimizer": {"lr": s.lr, "min_lr": s.lr / 10, "warmup_fraction": 0.05, "weight_decay": 0.01},
         "logging": {"run_dir": str(run_dir), "tensorboard": True},
     }
 

@@ -26,7 +26,7 @@ from megatron_truncdistill.training.colocated import ColocatedStage
 from megatron_truncdistill.training.metrics import MetricsLogger, step_record
 from megatron_truncdistill.training.objective_step import ObjectiveSetup, make_forward_step
 from megatron_truncdistill.training.optimizer import (
-    OptimizerSettings, build_optimizer, install_grad_finalizer, wrap_student_ddp)
+    build_optimizer, install_grad_finalizer, wrap_student_ddp)
 from megatron_truncdistill.training.setup import DTYPES, build_stage, plan_model, shared_padded_vocab
 from megatron_truncdistill.training.step import MicroBatching, forward_backward, sum_step_stats, train_step
 
@@ -74,9 +74,9 @@ class TrainingRun:
         padded = shared_padded_vocab(tokenizer.vocab_size, ctx.tp_size)
         student, teacher = _build_models(config, plans, ctx, padded=padded, real_vocab=tokenizer.vocab_size)
         ddp = wrap_student_ddp([student], transformer_config=student.config,
-                               use_distributed_optimizer=config.train.use_distributed_optimizer)
+                               use_distributed_optimizer=config.optimizer.use_distributed_optimizer)
         install_grad_finalizer(student.config, ddp)
-        optimizer, scheduler = build_optimizer(ddp, _optimizer_settings(config), train_steps=config.train.train_steps,
+        optimizer, scheduler = build_optimizer(ddp, config.optimizer, train_steps=config.train.train_steps,
                                                params_dtype=DTYPES[config.student.params_dtype])
         train_batches, valid_batches = _data(config, bins, ctx, seq_length=seq_length)
         setup = ObjectiveSetup(config=_objective_config(config), tp_group=ctx.tp_group,
@@ -219,15 +219,8 @@ def _objective_config(config: Config) -> KDObjectiveConfig:
     d = config.distill
     return KDObjectiveConfig(divergence=d.divergence, temperature=d.temperature,
                              kd_weight=d.kd_weight if config.teacher is not None else 0.0, beta=d.beta,
-                             alpha=d.alpha, t2_scale=d.t2_scale, chunk_size=d.chunk_size)
-
-
-def _optimizer_settings(config: Config) -> OptimizerSettings:
-    t = config.train
-    return OptimizerSettings(lr=t.lr, min_lr=t.min_lr, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1,
-                             adam_beta2=t.adam_beta2, adam_eps=t.adam_eps, clip_grad=t.clip_grad,
-                             warmup_fraction=t.warmup_fraction, lr_decay_style=t.lr_decay_style,
-                             use_distributed_optimizer=t.use_distributed_optimizer)
+                             alpha=d.alpha, t2_scale=d.t2_scale, chunk_size=d.chunk_size,
+                             inplace_backward=True)  # the loss owns the logits it is given (objective_step)
 
 
 def _flops_per_step(config: Config, plans: list, seq_length: int, padded: int) -> dict:

@@ -17,38 +17,16 @@ on every CPU run and on GPUs without them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_truncdistill.config import OptimizerConfig
+
 OPTIMIZER_SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
-
-@dataclass
-class OptimizerSettings:
-    """AdamW and its schedule. Defaults reproduce the paper: lr 4e-6, weight decay 0.05, 10% warmup, cosine."""
-
-    lr: float = 4e-6
-    """Peak learning rate."""
-    min_lr: float = 0.0
-    """Floor of the cosine decay."""
-    weight_decay: float = 0.05
-    """Decoupled (AdamW) weight decay."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    """Global gradient-norm clip (0 disables)."""
-    warmup_fraction: float = 0.1
-    """Fraction of train_steps spent in linear warmup."""
-    lr_decay_style: str = "cosine"
-    """megatron-core decay style: constant, linear, cosine, inverse-square-root, WSD."""
-    use_distributed_optimizer: bool = False
-    """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
 
 
 def wrap_student_ddp(student_chunks: list, *, transformer_config, use_distributed_optimizer: bool) -> list:
@@ -73,9 +51,9 @@ def install_grad_finalizer(transformer_config, ddp_chunks: list) -> None:
     )
 
 
-def build_optimizer(ddp_chunks: list, settings: OptimizerSettings, *, train_steps: int, params_dtype):
+def build_optimizer(ddp_chunks: list, settings: OptimizerConfig, *, train_steps: int, params_dtype):
     """megatron-core AdamW over the student, and the warmup + decay LR schedule."""
-    config = OptimizerConfig(
+    config = McoreOptimizerConfig(
         optimizer="adam",
         lr=settings.lr,
         min_lr=settings.min_lr,

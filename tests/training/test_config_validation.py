@@ -72,7 +72,7 @@ def test_bins_made_with_another_tokenizer_are_refused(bins, tmp_path):
     (["distill.loss_sections=[COT, THOUGHTS]"], r"distill.loss_sections: unknown section 'THOUGHTS'"),
     (["teacher=null"], r"teacher: teacher: null \(student-only\) requires distill.kd_weight=0"),
     (["student.params_dtype=float16"], r"student.params_dtype: 'float16' is not float32 or bfloat16"),
-    (["train.lr=fast"], r"train.lr: expected a number"),
+    (["optimizer.lr=fast"], r"optimizer.lr: expected a number"),
     (["distill.kd_weight=1.5"], r"distill.kd_weight: must be in \[0, 1\]"),
 ])
 def test_config_only_refusals_name_the_key(bins, overrides, match):
