@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_truncdistill.config import Config, ConfigError, ModelConfig
+from megatron_truncdistill.config import ConfigError, ModelConfig
 from megatron_truncdistill.convert.model_checkpoint import read_model_meta
 from megatron_truncdistill.models.builder import build_gpt_model, padded_vocab_size
 from megatron_truncdistill.models.hf_config import ModelArchitecture, architecture_from_hf
@@ -80,7 +80,3 @@ def build_stage(model: ModelConfig, plan: ModelPlan, ctx: ParallelContext, *, pa
 def shared_padded_vocab(real_vocab: int, tp_size: int) -> int:
     """One padded vocabulary for both models, so their TP shards cover the same rows."""
     return padded_vocab_size(real_vocab, tp_size)
-
-
-def config_for_log(config: Config) -> dict:
-    return config.to_dict()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from distill_setup import make_tiny_bins, save_initial_models, tiny_config
 from gloo_ranks import run_gloo_ranks
@@ -180,12 +181,24 @@ def test_sigterm_saves_and_exits_zero(tiny, tmp_path):
     assert not list((run_dir / "checkpoints").glob("*.partial"))
 
 
-def test_validation_loss_is_logged_at_its_interval(tiny, tmp_path):
+METRIC_KEYS = {"step", "loss", "kd_loss", "ce_loss", "kd_prompt", "kd_cot", "kd_answer", "lr", "grad_norm", "tokens",
+               "input_tokens", "tokens_per_s", "step_time_s", "tflops_per_device", "tflops_student",
+               "tflops_teacher", "mfu", "peak_mem_bytes"}
+
+
+def test_metrics_validation_tensorboard_and_resolved_config(tiny, tmp_path):
     config = _config(tiny, tmp_path / "run", "train.train_steps=4", "train.eval_interval=2", "train.eval_batches=1",
-                     "data.valid_fraction=0.1")
+                     "data.valid_fraction=0.1", "logging.tensorboard=true")
     run_gloo_ranks(run_training, 1, config, timeout=240)
-    valid = [r for r in _metrics(tmp_path / "run") if "valid_loss" in r]
+    records = _metrics(tmp_path / "run")
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and set(steps[0]) == METRIC_KEYS
+    assert steps[0]["mfu"] is None and steps[0]["tflops_teacher"] > 0 and steps[0]["kd_cot"] > 0
+    valid = [r for r in records if "valid_loss" in r]
     assert [r["step"] for r in valid] == [2, 4] and all(0 < r["valid_loss"] < 10 for r in valid)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["train"]["eval_interval"] == 2 and resolved["resolved"]["seq_length"] > 0
 
 
 def test_bf16_student_and_teacher_train_on_cpu(tiny, tmp_path):
