@@ -51,8 +51,12 @@ def launch_trainer(config: dict, *, path: Path, ranks: int, overrides: list[str]
 
 def evaluate_checkpoints(checkpoints: dict[str, Path], *, tokenizer: str | Path, records: list[dict],
                          extract: Callable[[str], str | None], group_key: str | None = None,
-                         max_new_tokens: int = 160, tag: str = "experiment") -> dict:
-    """Exact-match accuracy of each checkpoint (one gloo rank in this process, TP1/PP1), optionally per group."""
+                         max_new_tokens: int = 160, budget_forcing: bool = False, tag: str = "experiment") -> dict:
+    """Exact-match accuracy of each checkpoint (one gloo rank in this process, TP1/PP1), optionally per group.
+
+    With ``budget_forcing`` (s1), ``max_new_tokens`` is the thinking budget, after which an unclosed thinking is
+    closed and the answer read greedily; the results then also hold the unforced accuracy and the forced fraction.
+    """
     from megatron_truncdistill.evaluation.exact_match import evaluate_exact_match
     from megatron_truncdistill.evaluation.load import load_for_eval
     from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
@@ -68,14 +72,21 @@ def evaluate_checkpoints(checkpoints: dict[str, Path], *, tokenizer: str | Path,
         initialize_parallel(1, 1, seed=0)
         for name, checkpoint in checkpoints.items():
             model, _ = load_for_eval(checkpoint)
-            per_group, correct = {}, 0
+            per_group, correct, unforced, forced = {}, 0, 0, 0
             for group in groups:
                 subset = [r for r in records if group is None or r[group_key] == group]
-                res = evaluate_exact_match(model, tok, subset, extract=extract, max_new_tokens=max_new_tokens)
+                res = evaluate_exact_match(model, tok, subset, extract=extract, max_new_tokens=max_new_tokens,
+                                           budget_forcing=budget_forcing)
                 per_group[group or "all"] = res.accuracy
                 correct += res.correct
-            results[name] = {"accuracy": correct / max(len(records), 1), "per_task": per_group}
+                unforced += res.correct if res.correct_unforced is None else res.correct_unforced
+                forced += res.forced
+            n = max(len(records), 1)
+            results[name] = {"accuracy": correct / n, "per_task": per_group}
+            if budget_forcing:
+                results[name].update(accuracy_unforced=unforced / n, forced_fraction=forced / n)
             log(f"{name}: accuracy {results[name]['accuracy']:.3f} "
-                + ", ".join(f"{g} {a:.2f}" for g, a in per_group.items()), tag=tag)
+                + ", ".join(f"{g} {a:.2f}" for g, a in per_group.items())
+                + (f" (unforced {unforced / n:.3f}, forced {forced / n:.2f})" if budget_forcing else ""), tag=tag)
         destroy_parallel()
     return results

@@ -38,6 +38,7 @@ def build_rows(results: dict) -> list[dict]:
     for name, r in results.items():
         c = r["costs"]
         row = {"model": name, "lsp": r["lsp"], "accuracy": r["accuracy"], "per_task": r["per_task"],
+               "accuracy_unforced": r.get("accuracy_unforced"), "forced_fraction": r.get("forced_fraction"),
                "input_tokens": c["input_tokens"], "flops_per_device": c["flops_per_device"],
                "train_time_s": c["train_time_s"], "peak_mem_bytes": c["peak_mem_bytes"]}
         if base is not None and name.startswith("student"):
@@ -55,17 +56,26 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(rows: list[dict], *, predicted: str | None, machine: str) -> str:
+def markdown(rows: list[dict], *, predicted: str | None, machine: str, eval_budget: int | None = None) -> str:
     lines = [f"# Quickstart results ({machine})", "",
-             "| model | LSP | accuracy | retention vs LSP 1.0 | training tokens | FLOPs/device | wall time (s) | "
-             "peak memory (GiB) | tokens / FLOPs / time / memory vs LSP 1.0 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | LSP | accuracy | without forcing | forced | retention vs LSP 1.0 | training tokens | "
+             "FLOPs/device | wall time (s) | peak memory (GiB) | tokens / FLOPs / time / memory vs LSP 1.0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratios = "/".join(_fmt(r.get(k), ".2f") for k in ("tokens_vs_1", "flops_vs_1", "time_vs_1", "memory_vs_1"))
-        lines.append(f"| {r['model']} | {r['lsp']} | {r['accuracy']:.3f} | {_fmt(r.get('retention'), '.2f')} | "
+        lines.append(f"| {r['model']} | {r['lsp']} | {r['accuracy']:.3f} | {_fmt(r.get('accuracy_unforced'), '.3f')} "
+                     f"| {_fmt(r.get('forced_fraction'), '.2f')} | {_fmt(r.get('retention'), '.2f')} | "
                      f"{r['input_tokens']:,} | {r['flops_per_device']:.3g} | {r['train_time_s']:.1f} | "
                      f"{r['peak_mem_bytes'] / 2**30:.2f} | {ratios if 'tokens_vs_1' in r else '-'} |")
-    lines += ["", "Per task accuracy: " + "; ".join(
+    lines += [""]
+    if eval_budget is not None:
+        lines += [f"Evaluation: greedy decoding, thinking budget {eval_budget} new tokens; a generation that has not "
+                  "closed its thinking by then (or stopped without closing it) gets `\\n</think>\\n\\nAnswer: ` "
+                  "appended once and the number is read greedily (budget forcing, s1: Muennighoff et al. 2025). "
+                  "Same protocol for every model; 'forced' is the fraction of problems that needed it. 'base' is "
+                  "the student architecture pretrained on easier, disjoint problems (the students' starting point); "
+                  "its training cost is not counted in the students' columns.", ""]
+    lines += ["Per task accuracy: " + "; ".join(
         f"{r['model']}: " + ", ".join(f"{t} {a:.2f}" for t, a in r["per_task"].items()) for r in rows), "",
         f"Paper: {PAPER_HEADLINE}", ""]
     if predicted:
@@ -83,10 +93,11 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     names = [f"LSP {r['lsp']}" for r in students]
     ax1.bar(names, [r["accuracy"] for r in students], color="#4c72b0")
-    teacher = next((r for r in rows if r["model"] == "teacher"), None)
-    if teacher:
-        ax1.axhline(teacher["accuracy"], color="k", ls="--", label="teacher")
-        ax1.legend()
+    for name, style in (("teacher", "--"), ("base", ":")):
+        ref = next((r for r in rows if r["model"] == name), None)
+        if ref:
+            ax1.axhline(ref["accuracy"], color="k", ls=style, label=name)
+    ax1.legend()
     ax1.set_ylabel("held-out exact-match accuracy")
     keys = [("tokens_vs_1", "tokens"), ("flops_vs_1", "FLOPs"), ("time_vs_1", "time"), ("memory_vs_1", "memory")]
     width = 0.35

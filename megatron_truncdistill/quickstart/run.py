@@ -1,11 +1,27 @@
 """``make quickstart``: the paper's LSP 1.0 vs 0.5 distillation study, in miniature, on CPU ranks.
 
-1. generate a seeded reasoning corpus (prompt / <think> CoT </think> / answer) with a held-out test split;
-2. preprocess it with the real pipeline at LSP 1.0 and LSP 0.5;
-3. train a small teacher on the full traces (cached by its settings), then distill a smaller student from it at
-   LSP 1.0 and 0.5 with the real trainer under torchrun on 2 CPU ranks (tensor parallel);
-4. evaluate teacher and students by greedy generation on the held-out problems (exact match);
+1. generate a seeded reasoning corpus (prompt / <think> CoT </think> / answer) with a held-out test split, and a
+   disjoint corpus of easier problems for the base student;
+2. preprocess them with the real pipeline (the study corpus at LSP 1.0 and LSP 0.5);
+3. train a small teacher on the full traces and a *base* student (cached by their settings), then distill the
+   student from the teacher at LSP 1.0 and 0.5, starting from the base, with the real trainer under torchrun on
+   2 CPU ranks (tensor parallel);
+4. evaluate teacher, base and students by greedy generation on the held-out problems (exact match), with budget
+   forcing;
 5. write results.md / results.json / results.png, with the planner's predictions beside the measurements.
+
+The base stage mirrors the paper, whose student is a pretrained base model (Qwen3-4B-Base) that already knows how
+to finish an answer but has not learned long reasoning. Here the student architecture is trained briefly in
+student-only mode (no teacher, cross-entropy on COT+ANSWER) on full traces of ``corpus.EASY_TASKS``: one-digit
+additions, equations with a = 1, single cm -> mm conversions. It learns the trace format (``</think>`` then
+``Answer: N``) and one-step facts, but no prompt of the study's families (multi-digit carries, division by
+a >= 2, multi-hop or x1000 conversions). Without it a student distilled at LSP 0.5 starts from random weights and
+never sees a trace's tail, so it can never answer at all.
+
+Evaluation protocol (every model alike): greedy decoding with a thinking budget of ``eval_budget`` new tokens
+(above the longest training trace); a generation that has not closed its thinking by then, or stopped without
+closing it, gets ``\n</think>\n\nAnswer: `` appended once and the number is read greedily (s1's budget forcing,
+Muennighoff et al. 2025). The report gives the accuracy without forcing and the forced fraction beside it.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from pathlib import Path
 from megatron_truncdistill import experiments
 from megatron_truncdistill.checkpoint.train_state import resolve_checkpoint
 from megatron_truncdistill.evaluation.exact_match import answer_line
-from megatron_truncdistill.quickstart.corpus import generate, split_train_test, write_jsonl
+from megatron_truncdistill.quickstart.corpus import EASY_TASKS, generate, split_train_test, write_jsonl
 from megatron_truncdistill.quickstart.tiny_tokenizer import build_tiny_tokenizer
 
 TEACHER_ARCH = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 4,
@@ -37,9 +53,13 @@ class QuickstartSettings:
     out_dir: str = "quickstart_out"
     seed: int = 0
     train_records: int = 6000
-    test_records: int = 200
-    teacher_steps: int = 600
+    test_records: int = 150
+    base_records: int = 3000
+    teacher_steps: int = 1000
+    base_steps: int = 200
     student_steps: int = 300
+    eval_budget: int = 128
+    """Thinking budget in new tokens (longest training trace: 115 with its end token); then budget forcing."""
     global_batch_size: int = 16
     micro_batch_size: int = 8
     lr: float = 5e-3
@@ -53,22 +73,25 @@ def log(message: str) -> None:
     experiments.log(message, tag="quickstart")
 
 
-def make_corpus(s: QuickstartSettings, out: Path) -> tuple[Path, list[dict]]:
+def make_corpus(s: QuickstartSettings, out: Path) -> tuple[Path, Path, list[dict]]:
+    """The study's train/test split and the base student's easier corpus (a different seed and family set)."""
     train, test = split_train_test(generate(s.train_records + s.test_records, seed=s.seed),
                                    test_size=s.test_records)
     write_jsonl(test, out / "data" / "test.jsonl")
-    return write_jsonl(train, out / "data" / "train.jsonl"), test
+    base = write_jsonl(generate(s.base_records, seed=s.seed + 1, tasks=EASY_TASKS), out / "data" / "base.jsonl")
+    return write_jsonl(train, out / "data" / "train.jsonl"), base, test
 
 
 def run_config(s: QuickstartSettings, *, prefix: Path, tokenizer: Path, run_dir: Path, arch: dict,
-               steps: int, teacher_ckpt: str | None) -> dict:
-    """The trainer YAML of one run: teacher training is the student-only mode (no teacher, CE on COT+ANSWER)."""
+               steps: int, teacher_ckpt: str | None, student_load: str | None = None) -> dict:
+    """The trainer YAML of one run: teacher and base training are the student-only mode (no teacher, CE on
+    COT+ANSWER); a distilled student starts from ``student_load`` (the base checkpoint's iteration directory)."""
     distill = ({"kd_weight": 0.5, "divergence": "forward_kl", "temperature": 1.0,
                 "loss_sections": ["PROMPT", "COT", "ANSWER"]} if teacher_ckpt else
                {"kd_weight": 0.0, "loss_sections": ["COT", "ANSWER"]})
     return {
         "data": {"prefixes": [str(prefix)], "tokenizer": str(tokenizer), "seq_length": 0, "valid_fraction": 0.0},
-        "student": {"architecture": arch},
+        "student": {"architecture": arch, **({"load": student_load} if student_load else {})},
         "teacher": {"load": teacher_ckpt} if teacher_ckpt else None,
         "parallel": {"tensor_model_parallel_size": s.ranks if teacher_ckpt else 1},
         "distill": distill,
@@ -83,19 +106,20 @@ def _hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def train_teacher(s: QuickstartSettings, out: Path, *, prefix: Path, tokenizer: Path, corpus_sha: str) -> Path:
-    """Train the teacher once per (corpus, settings); later runs reuse the cached checkpoint."""
-    key = _hash({"corpus": corpus_sha, "arch": s.teacher_arch, "steps": s.teacher_steps, "lr": s.lr,
+def train_cached(s: QuickstartSettings, out: Path, *, name: str, prefix: Path, tokenizer: Path, corpus_sha: str,
+                 arch: dict, steps: int) -> Path:
+    """Train ``name`` (teacher or base) student-only, once per (corpus, settings); later runs reuse the checkpoint."""
+    key = _hash({"corpus": corpus_sha, "arch": arch, "steps": steps, "lr": s.lr,
                  "gbs": s.global_batch_size, "seed": s.seed})
-    run_dir = out / "cache" / f"teacher-{key}"
+    run_dir = out / "cache" / f"{name}-{key}"
     latest = run_dir / "checkpoints" / "latest"
     if latest.is_file():
-        log(f"reusing cached teacher {run_dir}")
+        log(f"reusing cached {name} {run_dir}")
         return run_dir
-    config = run_config(s, prefix=prefix, tokenizer=tokenizer, run_dir=run_dir, arch=s.teacher_arch,
-                        steps=s.teacher_steps, teacher_ckpt=None)
+    config = run_config(s, prefix=prefix, tokenizer=tokenizer, run_dir=run_dir, arch=arch, steps=steps,
+                        teacher_ckpt=None)
     config["parallel"] = {"tensor_model_parallel_size": 1}  # data parallel over the ranks: fastest for a tiny model
-    experiments.launch_trainer(config, path=out / "configs" / "teacher.yaml", ranks=s.ranks, tag="quickstart")
+    experiments.launch_trainer(config, path=out / "configs" / f"{name}.yaml", ranks=s.ranks, tag="quickstart")
     return run_dir
 
 
@@ -131,46 +155,38 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=QuickstartSettings.out_dir)
-    parser.add_argument("--teacher-steps", type=int, default=QuickstartSettings.teacher_steps)
-    parser.add_argument("--student-steps", type=int, default=QuickstartSettings.student_steps)
-    parser.add_argument("--train-records", type=int, default=QuickstartSettings.train_records)
-    parser.add_argument("--test-records", type=int, default=QuickstartSettings.test_records)
-    args = parser.parse_args(argv)
-    s = QuickstartSettings(out_dir=args.out_dir, teacher_steps=args.teacher_steps, student_steps=args.student_steps,
-                           train_records=args.train_records, test_records=args.test_records)
+    for key in ("teacher_steps", "base_steps", "student_steps", "train_records", "test_records", "eval_budget"):
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=getattr(QuickstartSettings, key))
+    args = vars(parser.parse_args(argv))
+    s = QuickstartSettings(**args)
     out = Path(s.out_dir).resolve()
     (out / "configs").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    log(f"1/5 corpus: {s.train_records} generated problems, {s.test_records} held out")
-    corpus, test = make_corpus(s, out)
+    log(f"1/5 corpus: {s.train_records} generated problems, {s.test_records} held out, "
+        f"{s.base_records} easier ones for the base student")
+    corpus, base_corpus, test = make_corpus(s, out)
     tokenizer = build_tiny_tokenizer(out / "tokenizer")
-    log("2/5 preprocess at LSP " + " and ".join(s.lsps))
+    log("2/5 preprocess at LSP " + " and ".join(s.lsps) + " (and the base corpus at LSP 1.0)")
     prefixes = {lsp: out / "bins" / f"train_lsp{lsp}" for lsp in s.lsps}
     manifests = {lsp: experiments.preprocess_corpus([str(corpus)], tokenizer=str(tokenizer), prefix=prefixes[lsp],
                                                     lsp=lsp) for lsp in s.lsps}
-    corpus_sha = manifests[s.lsps[0]]["inputs"][0]["files"][0]["sha256"]
-    log("3/5 teacher (4 layers, hidden 128) on full traces, then students (2 layers, hidden 96) per LSP")
-    runs = {"teacher": train_teacher(s, out, prefix=prefixes["1.0"], tokenizer=tokenizer, corpus_sha=corpus_sha)}
-    teacher_ckpt = str(runs["teacher"] / "checkpoints")
-    for lsp in s.lsps:
-        run_dir = out / "runs" / f"student_lsp{lsp}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of the last quickstart
-        config = run_config(s, prefix=prefixes[lsp], tokenizer=tokenizer, run_dir=run_dir, arch=s.student_arch,
-                            steps=s.student_steps, teacher_ckpt=str(resolve_checkpoint(teacher_ckpt)))
-        experiments.launch_trainer(config, path=out / "configs" / f"student_lsp{lsp}.yaml", ranks=s.ranks,
-                                   tag="quickstart")
-        runs[f"student_lsp{lsp}"] = run_dir
-    log("4/5 greedy evaluation on the held-out problems")
+    base_manifest = experiments.preprocess_corpus([str(base_corpus)], tokenizer=str(tokenizer),
+                                                  prefix=out / "bins" / "base_lsp1.0", lsp="1.0")
+    runs = train_all(s, out, prefixes=prefixes, tokenizer=tokenizer,
+                     corpus_sha=manifests[s.lsps[0]]["inputs"][0]["files"][0]["sha256"],
+                     base_sha=base_manifest["inputs"][0]["files"][0]["sha256"])
+    log(f"4/5 greedy evaluation on the held-out problems (thinking budget {s.eval_budget} tokens, budget forcing)")
     accuracy = experiments.evaluate_checkpoints({name: d / "checkpoints" for name, d in runs.items()},
                                                 tokenizer=tokenizer, records=test, extract=answer_line,
-                                                group_key="task", tag="quickstart")
+                                                group_key="task", max_new_tokens=s.eval_budget,
+                                                budget_forcing=True, tag="quickstart")
     log("5/5 report")
     costs = {name: report.run_costs(run_dir / "metrics.jsonl") for name, run_dir in runs.items()}
-    results = {name: {"lsp": "1.0" if name == "teacher" else name.split("lsp")[1], **accuracy[name],
+    results = {name: {"lsp": name.split("lsp")[1] if "lsp" in name else "1.0", **accuracy[name],
                       "costs": costs[name]} for name in runs}
     rows = report.build_rows(results)
     predicted = predicted_vs_measured(s, prefixes, {lsp: costs[f"student_lsp{lsp}"] for lsp in s.lsps})
-    text = report.markdown(rows, predicted=predicted, machine=report.machine_name())
+    text = report.markdown(rows, predicted=predicted, machine=report.machine_name(), eval_budget=s.eval_budget)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"settings": asdict(s), "rows": rows, "costs": costs,
                                                   "wall_s": time.perf_counter() - start}, indent=2, default=str))
@@ -178,6 +194,28 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     log(f"done in {time.perf_counter() - start:.0f}s: {out / 'results.md'}, results.json, results.png")
     return 0
+
+
+def train_all(s: QuickstartSettings, out: Path, *, prefixes: dict, tokenizer: Path, corpus_sha: str,
+              base_sha: str) -> dict[str, Path]:
+    """Teacher and base (cached), then one distilled student per LSP starting from the base; returns run dirs."""
+    log("3/5 teacher (4 layers, hidden 128) on full traces, base student (2 layers, hidden 96) on easier "
+        "problems, then the students distilled from the teacher per LSP, starting from the base")
+    runs = {"teacher": train_cached(s, out, name="teacher", prefix=prefixes["1.0"], tokenizer=tokenizer,
+                                    corpus_sha=corpus_sha, arch=s.teacher_arch, steps=s.teacher_steps),
+            "base": train_cached(s, out, name="base", prefix=out / "bins" / "base_lsp1.0", tokenizer=tokenizer,
+                                 corpus_sha=base_sha, arch=s.student_arch, steps=s.base_steps)}
+    teacher_ckpt = str(resolve_checkpoint(runs["teacher"] / "checkpoints"))
+    base_ckpt = str(resolve_checkpoint(runs["base"] / "checkpoints"))
+    for lsp in s.lsps:
+        run_dir = out / "runs" / f"student_lsp{lsp}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of the last quickstart
+        config = run_config(s, prefix=prefixes[lsp], tokenizer=tokenizer, run_dir=run_dir, arch=s.student_arch,
+                            steps=s.student_steps, teacher_ckpt=teacher_ckpt, student_load=base_ckpt)
+        experiments.launch_trainer(config, path=out / "configs" / f"student_lsp{lsp}.yaml", ranks=s.ranks,
+                                   tag="quickstart")
+        runs[f"student_lsp{lsp}"] = run_dir
+    return runs
 
 
 if __name__ == "__main__":
