@@ -71,7 +71,7 @@ def distributed_session():
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    else:
+    elif "OMP_NUM_THREADS" not in os.environ:  # an explicit thread count (torchrun sets 1) wins
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     dist.init_process_group(backend)
     try:
