@@ -71,22 +71,30 @@ class ParallelConfig:
 
 
 @dataclass
-class DistillConfig:
+class KDObjectiveFields:
+    """The per-token objective α_kd·KD + (1 − α_kd)·CE. ``losses.KDObjectiveConfig`` adds the math to these
+    fields and ``DistillConfig`` adds what the trainer needs around them: one definition for both."""
+
+    divergence: str = "forward_kl"
+    """forward_kl | reverse_kl | jsd | tvd | skew_kl | skew_reverse_kl (``losses.divergences``)."""
+    temperature: float = 1.0
+    """T in p = softmax(z / T) for both models in the KD term; CE always uses T = 1."""
+    kd_weight: float = 0.5
+    """α_kd in [0, 1]: weight of KD (the paper: 0.5); CE gets 1 − α_kd. 0 = plain CE (no teacher needed)."""
+    beta: float = 0.5
+    """JSD's teacher weight β in the mixture m = (1 − β)·p_s + β·p_t (β = 0: forward KL, β = 1: reverse KL)."""
+    alpha: float = 0.1
+    """Skew weight α of skew_kl / skew_reverse_kl (DistiLLM)."""
+    t2_scale: bool = False
+    """Multiply KD by T² (Hinton) so its gradient scale does not shrink as T grows."""
+    chunk_size: int | None = None
+    """Tokens per chunk of the vocab-parallel loss (extra memory O(chunk × v/tp)); None: a per-device default."""
+
+
+@dataclass
+class DistillConfig(KDObjectiveFields):
     loss_sections: list[str] = field(default_factory=lambda: ["PROMPT", "COT", "ANSWER"])
     """Sections whose tokens carry loss: any of PROMPT, COT, ANSWER (the paper's A, P+A, CoT, ... conditions)."""
-    divergence: str = "forward_kl"
-    """forward_kl, reverse_kl, jsd, tvd, skew_kl, skew_reverse_kl."""
-    temperature: float = 1.0
-    kd_weight: float = 0.5
-    """α_kd in α_kd·KD + (1 − α_kd)·CE (the paper: 0.5). 0 = plain CE (no teacher needed)."""
-    beta: float = 0.5
-    """JSD mixing weight."""
-    alpha: float = 0.1
-    """Skew-KL mixing weight."""
-    t2_scale: bool = False
-    """Multiply KD by T² (Hinton)."""
-    chunk_size: int | None = 1024
-    """Tokens per loss chunk: peak loss memory O(chunk × vocab/TP)."""
     fused: bool = False
     """Compute logits chunk by chunk from hidden states inside the loss (never the whole micro-batch's logits)."""
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.distributed as dist
 
+from megatron_truncdistill.config import KDObjectiveFields
 from megatron_truncdistill.losses.chunk_loss import LossSpec
 from megatron_truncdistill.losses.divergences import make_divergence
 from megatron_truncdistill.losses.fused_linear_kd import fused_linear_kd_terms
@@ -31,23 +32,9 @@ from megatron_truncdistill.sections import Section
 
 
 @dataclass
-class KDObjectiveConfig:
-    """How the student is trained on each token: α_kd·KD + (1 − α_kd)·CE."""
+class KDObjectiveConfig(KDObjectiveFields):
+    """How the student is trained on each token: α_kd·KD + (1 − α_kd)·CE (fields: ``config.KDObjectiveFields``)."""
 
-    divergence: str = "forward_kl"
-    """forward_kl | reverse_kl | jsd | tvd | skew_kl | skew_reverse_kl (``losses.divergences``)."""
-    temperature: float = 1.0
-    """T in p = softmax(z / T) for both models in the KD term; CE always uses T = 1."""
-    kd_weight: float = 0.5
-    """α_kd in [0, 1]: weight of KD; CE gets 1 − α_kd. Without a teacher the loss is plain CE."""
-    beta: float = 0.5
-    """JSD's teacher weight β in the mixture m = (1 − β)·p_s + β·p_t (β = 0: forward KL, β = 1: reverse KL)."""
-    alpha: float = 0.1
-    """Skew weight α of skew_kl / skew_reverse_kl (DistiLLM)."""
-    t2_scale: bool = False
-    """Multiply KD by T² (Hinton) so its gradient scale does not shrink as T grows."""
-    chunk_size: int | None = None
-    """Tokens per chunk of the vocab-parallel loss (extra memory O(chunk × v/tp)); None: a per-device default."""
     inplace_backward: bool = False
     """Logits entry point only: write dL/dlogits into the student logits during the forward (megatron-core's CE
     trick), saving a logits-sized buffer. Safe when nothing reads the logits after the loss."""

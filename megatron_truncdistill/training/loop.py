@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch.distributed as dist
 import yaml
 
 from megatron_truncdistill.checkpoint.train_state import load_training_checkpoint, save_training_checkpoint
-from megatron_truncdistill.config import Config
+from megatron_truncdistill.config import Config, KDObjectiveFields
 from megatron_truncdistill.convert.model_checkpoint import ModelMeta, load_model_checkpoint, model_meta_files
 from megatron_truncdistill.data.bins import open_bins
 from megatron_truncdistill.data.loader import GlobalSampleOrder, StepBatches, build_sources
@@ -216,11 +217,10 @@ def _data(config: Config, bins: list, ctx: ParallelContext, *, seq_length: int):
 
 
 def _objective_config(config: Config) -> KDObjectiveConfig:
-    d = config.distill
-    return KDObjectiveConfig(divergence=d.divergence, temperature=d.temperature,
-                             kd_weight=d.kd_weight if config.teacher is not None else 0.0, beta=d.beta,
-                             alpha=d.alpha, t2_scale=d.t2_scale, chunk_size=d.chunk_size,
-                             inplace_backward=True)  # the loss owns the logits it is given (objective_step)
+    fields = {f.name: getattr(config.distill, f.name) for f in dataclasses.fields(KDObjectiveFields)}
+    if config.teacher is None:
+        fields["kd_weight"] = 0.0
+    return KDObjectiveConfig(**fields, inplace_backward=True)  # the loss owns the logits it is given
 
 
 def _flops_per_step(config: Config, plans: list, seq_length: int, padded: int) -> dict:
