@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +193,8 @@ def _build_models(config: Config, plans: list, ctx: ParallelContext, *, padded: 
         teacher = build_stage(config.teacher, plans[1], ctx, padded_vocab=padded, sequence_parallel=sp)
         if config.teacher.load:
             load_model_checkpoint([teacher], config.teacher.load, real_vocab_size=real_vocab)
+        elif dist.get_rank() == 0:
+            warnings.warn("teacher.load is not set: the teacher has random weights (smoke tests only)", stacklevel=1)
     return student, teacher
 
 
@@ -199,20 +202,19 @@ def _data(config: Config, bins: list, ctx: ParallelContext, *, seq_length: int):
     d, t = config.data, config.train
     sections = parse_sections(config.distill.loss_sections)
 
-    def batches(split: str, blend_size_floor: int):
+    def batches(split: str):
         sources = build_sources(bins, split=split, valid_fraction=d.valid_fraction, seq_length=seq_length,
                                 packing=d.packing)
-        size = max(sum(len(s.plans) for s in sources), blend_size_floor)
         order = GlobalSampleOrder(sources, weights=d.weights, seed=t.seed + (0 if split == "train" else 1),
-                                  blend_size=size)
+                                  blend_size=sum(len(s.plans) for s in sources))
         return StepBatches(order, global_batch=t.global_batch_size, micro_batch=t.micro_batch_size,
                            dp_rank=ctx.dp_rank, dp_size=ctx.dp_size, seq_length=seq_length, loss_sections=sections,
                            packing=d.packing)
 
-    train = batches("train", 1)
+    train = batches("train")
     valid = None
     if t.eval_interval > 0 and d.valid_fraction > 0:
-        valid = batches("valid", 1)
+        valid = batches("valid")
     return train, valid
 
 
