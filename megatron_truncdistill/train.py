@@ -10,10 +10,8 @@ import os
 import signal
 import socket
 import sys
-import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.distributed as dist

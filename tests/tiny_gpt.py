@@ -5,10 +5,8 @@ Everything a rank needs is here so a test can run ``train_tiny_gpt`` on any TP×
 
 from __future__ import annotations
 
-from functools import partial
 
 import torch
-import torch.distributed as dist
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -113,4 +114,4 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def machine_name() -> str:
-    return f"{platform.node()} {platform.machine()} {__import__('os').cpu_count()} cores"
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores"

@@ -58,8 +58,8 @@ class _CudaToCpuMode(TorchFunctionMode):
             return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs = dict(kwargs, device=_CPU)
-        if kwargs.pop("pin_memory", False):  # pinning needs a CUDA allocator; meaningless on CPU
-            pass
+        if "pin_memory" in kwargs:  # pinning needs a CUDA allocator; meaningless on CPU
+            kwargs = {k: v for k, v in kwargs.items() if k != "pin_memory"}
         if func in _TENSOR_TO and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)
