@@ -1,0 +1,60 @@
+"""Whether two math answers are the same, decided by math-verify (the grader lighteval uses): the one definition.
+
+Grading (``tools/evaluate.py grade``), the trace-anatomy tool (where a trace first derives its reference answer)
+and the quickstart all ask this module, so "correct" means the same thing everywhere. math-verify parses LaTeX
+and plain expressions into sympy and compares them symbolically and numerically: ``\\frac{1}{2}`` = ``0.5`` =
+``1/2``, ``\\boxed{42}`` = ``42``, ``(3, \\frac{\\pi}{2})`` = ``\\left( 3, \\frac{\\pi}{2} \\right)``.
+
+Timeouts: math-verify bounds each parse and comparison with ``signal.alarm``, which only works in the main
+thread; elsewhere the bound is switched off (``_timeout``) rather than failing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+PARSE_TIMEOUT_S = 5
+VERIFY_TIMEOUT_S = 5
+
+# A model's final answer: \boxed{} first (the instruction every benchmark prompt carries), then any LaTeX or
+# plain expression, the last one in the text winning (lighteval's order for math tasks).
+_PREDICTION_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
+# A reference answer is a bare answer ("\\frac{14}{3}", "27.0", "(3,\\frac{\\pi}{2})"), read as one expression.
+_REFERENCE_CONFIG = (LatexExtractionConfig(), ExprExtractionConfig())
+
+
+def _timeout(seconds: int) -> int | None:
+    return seconds if threading.current_thread() is threading.main_thread() else None
+
+
+def parse_reference(answer: Any) -> list:
+    """The parsed form of a reference answer (a string, int or float); ``[]`` when it cannot be parsed.
+
+    A bare answer is wrapped in ``$...$`` so that LaTeX without delimiters (``\\frac{14}{3}``) is read as math.
+    """
+    text = str(answer).strip()
+    if isinstance(answer, float) and answer.is_integer():
+        text = str(int(answer))  # AMC's 27.0 is the integer 27
+    if "$" not in text and "\\boxed" not in text:
+        text = f"${text}$"
+    return parse(text, extraction_config=_REFERENCE_CONFIG, parsing_timeout=_timeout(PARSE_TIMEOUT_S))
+
+
+def parse_prediction(text: str) -> list:
+    """The parsed final answer of a generation (``\\boxed{}`` first); ``[]`` when none is found."""
+    return parse(text, extraction_config=_PREDICTION_CONFIG, parsing_timeout=_timeout(PARSE_TIMEOUT_S))
+
+
+def same_answer(reference: list, prediction: list) -> bool:
+    """Whether two parsed answers are equal (symbolically, or numerically to math-verify's precision)."""
+    if not reference or not prediction:
+        return False
+    return bool(verify(reference, prediction, timeout_seconds=_timeout(VERIFY_TIMEOUT_S)))
+
+
+def is_correct(reference: Any, generation: str) -> bool:
+    """Whether ``generation``'s final answer equals the reference answer."""
+    return same_answer(parse_reference(reference), parse_prediction(generation))
