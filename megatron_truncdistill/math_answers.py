@@ -1,5 +1,8 @@
 """Whether two math answers are the same, decided by math-verify (the grader lighteval uses): the one definition.
 
+Pure Python (sympy underneath, no torch), so it sits with ``sections`` at the bottom of the package and both the
+data side (trace anatomy) and evaluation may import it.
+
 Grading (``tools/evaluate.py grade``), the trace-anatomy tool (where a trace first derives its reference answer)
 and the quickstart all ask this module, so "correct" means the same thing everywhere. math-verify parses LaTeX
 and plain expressions into sympy and compares them symbolically and numerically: ``\\frac{1}{2}`` = ``0.5`` =
