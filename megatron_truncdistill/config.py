@@ -15,11 +15,19 @@ from typing import Any
 
 import yaml
 
+from megatron_truncdistill.errors import ConfigError
+from megatron_truncdistill.layout import check_batch_sizes
 from megatron_truncdistill.sections import parse_sections
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or impossible; the message names the dotted key."""
+PARAMS_DTYPES = ("float32", "bfloat16")
+"""Parameter dtypes a model may be built, trained and checkpointed in (``dtypes.torch_dtype`` maps them)."""
+FP8_FORMATS = ("hybrid", "e4m3")
+"""Transformer Engine FP8 formats: hybrid = e4m3 forward, e5m2 gradients."""
+FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
+"""megatron-core ``fp8_recipe`` values."""
+RECOMPUTE_MODES = ("full", "selective")
+"""Activation recomputation: every layer's whole forward, or megatron's selective set (core attention)."""
 
 
 @dataclass
@@ -39,25 +47,32 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelBuildFields:
+    """How one model is built: precision, layer implementation, recomputation. ``ModelConfig`` adds where the
+    model comes from; ``models.transformer_config.BuildOptions`` adds what the run decides (one definition)."""
+
+    params_dtype: str = "float32"
+    """One of ``PARAMS_DTYPES``: "float32" or "bfloat16"."""
+    use_te: bool | None = None
+    """Transformer Engine layers (None = when TE imports and a GPU is present)."""
+    fp8: str | None = None
+    """FP8 format through Transformer Engine, one of ``FP8_FORMATS`` (None = off)."""
+    fp8_recipe: str = "delayed"
+    """One of ``FP8_RECIPES``."""
+    fp8_first_last_bf16: bool = False
+    """Keep the first and last transformer layers in bf16 under FP8 (the layers most sensitive to rounding)."""
+    recompute: str | None = None
+    """Activation recomputation, one of ``RECOMPUTE_MODES`` or None."""
+
+
+@dataclass
+class ModelConfig(ModelBuildFields):
     hf_config: str | None = None
     """A HF config.json (or a directory holding one) describing the architecture."""
     architecture: dict | None = None
     """The same, inline (tiny examples); used when hf_config is not given."""
     load: str | None = None
     """Converter or trainer checkpoint to start from (None = random init; only sensible for tests/students)."""
-    params_dtype: str = "float32"
-    """"float32" or "bfloat16"."""
-    use_te: bool | None = None
-    """Transformer Engine layers (None = when TE imports and a GPU is present)."""
-    fp8: str | None = None
-    """FP8 format through Transformer Engine: "hybrid" or "e4m3" (None = off)."""
-    fp8_recipe: str = "delayed"
-    """megatron-core fp8_recipe: delayed, tensorwise, mxfp8, blockwise."""
-    fp8_first_last_bf16: bool = False
-    """Keep the first and last transformer layers in bf16 under FP8."""
-    recompute: str | None = None
-    """Activation recomputation: "full", "selective" or None."""
 
 
 @dataclass
@@ -149,6 +164,7 @@ class CheckpointConfig:
 class LoggingConfig:
     run_dir: str = "runs/default"
     log_interval: int = 1
+    """Steps between console lines and TensorBoard points (metrics.jsonl records every step)."""
     tensorboard: bool = True
 
 
@@ -287,9 +303,9 @@ def _check_config(c: Config) -> None:
         _require(getattr(c.parallel, name) >= 1, f"parallel.{name}", "must be ≥ 1")
     t = c.train
     _require(t.train_steps > 0, "train.train_steps", "must be positive")
+    _require(c.logging.log_interval > 0, "logging.log_interval", "must be positive")
     _require(t.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
-    _require(t.global_batch_size % t.micro_batch_size == 0, "train.global_batch_size",
-             f"{t.global_batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}")
+    check_batch_sizes(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size)
     _require(c.optimizer.lr > 0, "optimizer.lr", "must be positive")
     _require(0 <= c.optimizer.warmup_fraction <= 1, "optimizer.warmup_fraction", "must be in [0, 1]")
     for model_key in ("student", "teacher"):
@@ -298,8 +314,11 @@ def _check_config(c: Config) -> None:
             continue
         _require(model.hf_config is not None or model.architecture is not None or model.load is not None,
                  f"{model_key}.hf_config", "give hf_config, architecture or a checkpoint to load")
-        _require(model.params_dtype in ("float32", "bfloat16"), f"{model_key}.params_dtype",
-                 f"{model.params_dtype!r} is not float32 or bfloat16")
-        _require(model.fp8 in (None, "hybrid", "e4m3"), f"{model_key}.fp8", f"{model.fp8!r} is not hybrid or e4m3")
-        _require(model.recompute in (None, "full", "selective"), f"{model_key}.recompute",
-                 f"{model.recompute!r} is not full or selective")
+        _require(model.params_dtype in PARAMS_DTYPES, f"{model_key}.params_dtype",
+                 f"{model.params_dtype!r} is not one of {', '.join(PARAMS_DTYPES)}")
+        _require(model.fp8 in (None, *FP8_FORMATS), f"{model_key}.fp8",
+                 f"{model.fp8!r} is not one of {', '.join(FP8_FORMATS)} or null")
+        _require(model.fp8_recipe in FP8_RECIPES, f"{model_key}.fp8_recipe",
+                 f"{model.fp8_recipe!r} is not one of {', '.join(FP8_RECIPES)}")
+        _require(model.recompute in (None, *RECOMPUTE_MODES), f"{model_key}.recompute",
+                 f"{model.recompute!r} is not one of {', '.join(RECOMPUTE_MODES)} or null")

@@ -6,6 +6,7 @@ greedy generation on a loaded checkpoint), so a study measures exactly what user
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,20 @@ def evaluate_checkpoints(checkpoints: dict[str, Path], *, tokenizer: str | Path,
                 + (f" (unforced {unforced / n:.3f}, forced {forced / n:.2f})" if budget_forcing else ""), tag=tag)
         destroy_parallel()
     return results
+
+
+def run_costs(metrics_path: Path) -> dict:
+    """Sum a run's metrics.jsonl: tokens, FLOPs, step time, peak memory."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    flops = sum(r["tflops_per_device"] * 1e12 * r["step_time_s"] for r in steps)  # per device
+    return {
+        "steps": len(steps),
+        "input_tokens": sum(r.get("input_tokens", 0) for r in steps),
+        "loss_tokens": sum(r["tokens"] for r in steps),
+        "flops_per_device": flops,
+        "train_time_s": sum(r["step_time_s"] for r in steps),
+        "mean_step_time_s": sum(r["step_time_s"] for r in steps) / max(len(steps), 1),
+        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in steps),
+        "final_loss": steps[-1]["loss"] if steps else None,
+    }

@@ -13,6 +13,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
+from megatron_truncdistill.layout import data_parallel_size
+
 
 @dataclass(frozen=True)
 class ParallelContext:
@@ -44,13 +46,7 @@ def initialize_parallel(tensor_model_parallel_size: int = 1, pipeline_model_para
     Seeds follow megatron-core: the default generator gets ``seed`` (same on all TP ranks), the tracked
     model-parallel generator ``seed + 2718 + tp_rank`` (dropout inside TP regions differs per TP rank).
     """
-    world = dist.get_world_size()
-    grid = tensor_model_parallel_size * pipeline_model_parallel_size
-    if world % grid != 0:
-        raise ValueError(
-            f"world size {world} is not divisible by tensor_model_parallel_size × pipeline_model_parallel_size "
-            f"= {tensor_model_parallel_size} × {pipeline_model_parallel_size}"
-        )
+    data_parallel_size(dist.get_world_size(), tp=tensor_model_parallel_size, pp=pipeline_model_parallel_size)
     ps.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,

@@ -18,7 +18,6 @@ import yaml
 
 from megatron_truncdistill import experiments
 from megatron_truncdistill.evaluation.exact_match import EXTRACTORS
-from megatron_truncdistill.quickstart.report import run_costs
 from megatron_truncdistill.sections import parse_sections
 
 
@@ -112,7 +111,7 @@ def run_study(study: dict) -> list[dict]:
 def _collect(grid: list[Cell], runs: dict, accuracy: dict) -> list[dict]:
     rows = []
     for cell in grid:
-        costs = run_costs(runs[cell.name] / "metrics.jsonl")
+        costs = experiments.run_costs(runs[cell.name] / "metrics.jsonl")
         rows.append({"cell": cell.name, "truncation": cell.truncation, "lsp": cell.lsp, "keep": cell.keep,
                      "loss_sections": "+".join(cell.sections), "accuracy": accuracy[cell.name]["accuracy"],
                      "final_loss": costs["final_loss"], "input_tokens": costs["input_tokens"],

@@ -17,10 +17,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from megatron_truncdistill.config import Config, ConfigError, load_config
-
-warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
-
+from megatron_truncdistill.config import Config, load_config
+from megatron_truncdistill.errors import ConfigError
 
 class _StopFlag:
     """Set by SIGTERM (preemption); ranks agree on it with one all-reduce per step so all stop at the same step."""
@@ -39,9 +37,9 @@ class _StopFlag:
 
 def run_training(config: Config, *, stop: _StopFlag | None = None) -> dict:
     """The job, on an initialized default process group. Returns the last step's record (every rank)."""
-    from megatron_truncdistill.training.loop import TrainingRun
+    from megatron_truncdistill.training.assembly import build_training_run
 
-    run = TrainingRun.create(config)
+    run = build_training_run(config)
     try:
         return run.train(stop or _StopFlag())
     finally:
@@ -88,6 +86,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns at import that TE/apex are missing; expected off the NGC container, and once per rank
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
     args = _parse(argv)
     try:
         config = load_config(args.config, args.overrides)

@@ -52,14 +52,15 @@ def tiny_config(*, prefix: str, tokenizer: str, run_dir: str, overrides: list[st
 
 def save_initial_models(config: Config, out_dir: str) -> dict[str, str]:
     """Rank function (world 1): build student and teacher at TP1/PP1 with the trainer's builder and save both."""
-    from megatron_truncdistill.convert.model_checkpoint import ModelMeta, save_model_checkpoint
+    from megatron_truncdistill.checkpoint.model_checkpoint import ModelMeta, save_model_checkpoint
     from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
     from megatron_truncdistill.tokenization import load_tokenizer
-    from megatron_truncdistill.training.setup import build_stage, plan_model, shared_padded_vocab
+    from megatron_truncdistill.models.builder import padded_vocab_size
+    from megatron_truncdistill.training.assembly import build_stage, plan_model
 
     tok = load_tokenizer(config.data.tokenizer)
     ctx = initialize_parallel(1, 1, seed=99)
-    padded = shared_padded_vocab(tok.vocab_size, 1)
+    padded = padded_vocab_size(tok.vocab_size, 1)
     paths = {}
     for key in ("student", "teacher"):
         plan = plan_model(getattr(config, key), key)

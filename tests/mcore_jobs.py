@@ -11,7 +11,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_truncdistill.convert.hf_to_mcore import hf_to_mcore
 from megatron_truncdistill.convert.mcore_to_hf import mcore_to_hf
-from megatron_truncdistill.convert.model_checkpoint import load_model_checkpoint, read_model_meta, save_model_checkpoint
+from megatron_truncdistill.checkpoint.model_checkpoint import load_model_checkpoint, read_model_meta, save_model_checkpoint
 from megatron_truncdistill.models.builder import build_gpt_model
 from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
@@ -30,7 +30,7 @@ def export(ckpt_dir, hf_dir):
 def load_stage(ckpt_dir, ctx, *, padded_vocab=None):
     """Build this rank's stage from the checkpoint's meta and load its weights."""
     meta = read_model_meta(ckpt_dir)
-    options = BuildOptions(params_dtype=torch.float32, perform_initialization=False)
+    options = BuildOptions(params_dtype="float32", perform_initialization=False)
     model = build_gpt_model(meta.architecture, ctx, padded_vocab_size=padded_vocab or meta.padded_vocab_size,
                             options=options)
     load_model_checkpoint([model], ckpt_dir)
@@ -99,7 +99,7 @@ def resave_as_trainer(ckpt_dirs, out_dirs, tp, pp):
     from megatron.core.dist_checkpointing import ShardedTensor
 
     from megatron_truncdistill.checkpoint.dist_io import save_sharded
-    from megatron_truncdistill.convert.model_checkpoint import model_meta_files, model_sharded_state_dict
+    from megatron_truncdistill.checkpoint.model_checkpoint import model_meta_files, model_sharded_state_dict
 
     ctx = initialize_parallel(tp, pp)
     for ckpt_dir, out_dir in zip(ckpt_dirs, out_dirs):

@@ -1,1 +1,2 @@
-"""Checkpoints: megatron-core dist_checkpointing I/O (atomic, resharding) and the trainer's resumable state."""
+"""Every checkpoint layout: dist_checkpointing I/O (atomic, resharding), model checkpoints (converter and trainer
+alike), the optimizer's sharded state, and the trainer's resumable state. See README.md beside this file."""

@@ -20,7 +20,7 @@ from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
 from megatron_truncdistill.parallel import ParallelContext
-from megatron_truncdistill.training.optimizer import load_optimizer_state, optimizer_sharded_state_dict
+from megatron_truncdistill.checkpoint.optimizer_state import load_optimizer_state, optimizer_sharded_state_dict
 
 LATEST_FILE = "latest"
 META_FILE = "truncdistill_train.json"

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from megatron_truncdistill.convert.hf_io import ConversionError, HFCheckpoint, TOKENIZER_FILES, prepare_output_dir
 from megatron_truncdistill.convert.hf_names import FuseGateUp, PackQKV, VocabRows, hf_shape, name_map
-from megatron_truncdistill.convert.model_checkpoint import ModelMeta, dtype_name, save_model_checkpoint
+from megatron_truncdistill.checkpoint.model_checkpoint import ModelMeta, save_model_checkpoint
+from megatron_truncdistill.dtypes import hf_params_dtype
 from megatron_truncdistill.models.builder import build_gpt_model, padded_vocab_size
 from megatron_truncdistill.models.hf_config import architecture_from_hf
 from megatron_truncdistill.models.transformer_config import BuildOptions
@@ -41,11 +42,11 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
     real_vocab = tokenizer["vocab_size"] if tokenizer else arch.vocab_size
     padded = _choose_padded_vocab(arch, real_vocab, padded_vocab, vocab_divisible_by)
     meta = ModelMeta(hf_config=source.config, vocab_size=real_vocab, padded_vocab_size=padded,
-                     params_dtype=dtype_name(_source_dtype(source.config)), tokenizer=tokenizer,
+                     params_dtype=hf_params_dtype(source.config), tokenizer=tokenizer,
                      generation_config=source.optional_json("generation_config.json"))
     ctx = initialize_parallel(1, 1)
     try:
-        options = BuildOptions(params_dtype=meta.torch_dtype, use_te=False, perform_initialization=False)
+        options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
         model = build_gpt_model(arch, ctx, padded_vocab_size=padded, options=options)
         fill_from_hf(model, source, arch, progress=progress)
         save_model_checkpoint([model], out, meta)
@@ -110,12 +111,6 @@ def _choose_padded_vocab(arch: ModelArchitecture, real_vocab: int, padded: int |
     if padded < real_vocab:
         raise ConversionError(f"padded vocabulary size {padded} is smaller than the real vocabulary ({real_vocab})")
     return padded
-
-
-def _source_dtype(config: dict) -> torch.dtype:
-    """The checkpoint's dtype as config.json states it (``dtype`` in transformers 5, ``torch_dtype`` before)."""
-    name = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
 def _tokenizer_identity(directory: Path) -> dict | None:

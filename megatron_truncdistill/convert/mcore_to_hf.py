@@ -23,7 +23,7 @@ from megatron_truncdistill.convert.hf_io import (
     write_sharded_safetensors,
 )
 from megatron_truncdistill.convert.hf_names import VocabRows, name_map
-from megatron_truncdistill.convert.model_checkpoint import ModelMeta, load_model_checkpoint, read_model_meta
+from megatron_truncdistill.checkpoint.model_checkpoint import ModelMeta, load_model_checkpoint, read_model_meta
 from megatron_truncdistill.models.builder import build_gpt_model
 from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.models.hf_config import ModelArchitecture
@@ -50,7 +50,7 @@ def mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, tokenizer_dir: str
     prepare_output_dir(staging, overwrite=True, create=True)
     ctx = initialize_parallel(1, 1)
     try:
-        options = BuildOptions(params_dtype=meta.torch_dtype, use_te=False, perform_initialization=False)
+        options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
         model = build_gpt_model(arch, ctx, padded_vocab_size=meta.padded_vocab_size, options=options)
         load_model_checkpoint([model], ckpt_dir)
         tensors = hf_tensors(model, arch, dtype=meta.torch_dtype, progress=progress)

@@ -14,6 +14,7 @@ from megatron.core.datasets import helpers
 
 from megatron_truncdistill.data.bins import SectionedBins
 from megatron_truncdistill.data.samples import Batch, collate, plan_samples
+from megatron_truncdistill.layout import check_batch_sizes
 
 
 @dataclass
@@ -85,9 +86,7 @@ class StepBatches:
 
     def __init__(self, order: GlobalSampleOrder, *, global_batch: int, micro_batch: int, dp_rank: int,
                  dp_size: int, seq_length: int, loss_sections, packing: bool) -> None:
-        if global_batch % (micro_batch * dp_size):
-            raise ValueError(f"train.global_batch_size={global_batch} is not divisible by train.micro_batch_size × "
-                             f"data-parallel size = {micro_batch} × {dp_size}")
+        check_batch_sizes(global_batch=global_batch, micro_batch=micro_batch, dp=dp_size)
         self.order, self.global_batch, self.micro_batch = order, global_batch, micro_batch
         self.dp_rank, self.dp_size, self.seq_length = dp_rank, dp_size, seq_length
         self.loss_sections, self.packing = loss_sections, packing

@@ -18,7 +18,7 @@ other code (the KD of padding positions is computed but never counted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.distributed as dist
@@ -56,6 +56,9 @@ class KDObjectiveConfig(KDObjectiveFields):
                             t2_scale=self.t2_scale, kd_weight=self.kd_weight, ce_weight=1.0 - self.kd_weight)
 
 
+_PER_SECTION = {"per_section": True}  # a [len(Section)] field, logged as one statistic per section
+
+
 @dataclass
 class ObjectiveTerms:
     """One micro-batch's objective. Only ``loss_sum`` is differentiable; the rest is detached, for logging."""
@@ -64,16 +67,36 @@ class ObjectiveTerms:
     num_tokens: torch.Tensor  # scalar: Σ loss_mask
     kd_sum: torch.Tensor  # scalar: Σ_masked KD (T² included under t2_scale; 0 without a teacher)
     ce_sum: torch.Tensor  # scalar: Σ_masked CE
-    section_kd_sum: torch.Tensor  # [3] indexed by Section: Σ KD over all real tokens of the section
-    section_tokens: torch.Tensor  # [3] indexed by Section: real tokens of the section
+    section_kd_sum: torch.Tensor = field(metadata=_PER_SECTION)  # [3] by Section: Σ KD over the section's tokens
+    section_tokens: torch.Tensor = field(metadata=_PER_SECTION)  # [3] by Section: real tokens of the section
 
-    def stats(self) -> torch.Tensor:
-        """fp32 ``[10]`` of every term (``loss_sum`` detached) in field order: one all-reduce over data parallel."""
+    @staticmethod
+    def stat_names() -> tuple[str, ...]:
+        """The name of every logged statistic, in ``stats()`` order: scalars by field name, per-section
+        fields as ``<field>_<section>`` (``section_kd_sum_cot``). Derived from the fields: one definition."""
+        names = []
+        for f in fields(ObjectiveTerms):
+            if f.metadata.get("per_section"):
+                names.extend(f"{f.name}_{s.name.lower()}" for s in Section)
+            else:
+                names.append(f.name)
+        return tuple(names)
+
+    def stat_vector(self) -> torch.Tensor:
+        """fp32 ``[len(stat_names())]`` of every term (``loss_sum`` detached), in field order."""
         return torch.cat([getattr(self, f.name).detach().float().reshape(-1) for f in fields(self)])
 
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Every term (``loss_sum`` detached) as named fp32 scalars, ``stat_names()`` order."""
+        values = self.stat_vector()
+        names = self.stat_names()
+        if len(values) != len(names):
+            raise AssertionError(f"{len(values)} statistics for {len(names)} names: a per-section field "
+                                 "lacks its metadata or has the wrong length")
+        return dict(zip(names, values.unbind()))
 
-STAT_NAMES = ("loss_sum", "num_tokens", "kd_sum", "ce_sum", *(f"kd_sum_{s.name.lower()}" for s in Section),
-              *(f"tokens_{s.name.lower()}" for s in Section))
+
+STAT_NAMES = ObjectiveTerms.stat_names()
 
 
 def _token_inputs(labels, loss_mask, sections, *, vocab_limit: int):

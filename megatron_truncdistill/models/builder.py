@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from megatron.core.models.gpt import GPTModel
 
+from megatron_truncdistill.layout import check_attention_heads, check_layers
 from megatron_truncdistill.models.hf_config import ModelArchitecture
 from megatron_truncdistill.models.layer_spec import gpt_layer_spec, resolve_use_te
 from megatron_truncdistill.models.transformer_config import BuildOptions, transformer_config
@@ -21,31 +22,24 @@ def padded_vocab_size(vocab_size: int, tp_size: int, divisible_by: int = 128) ->
     return -(-vocab_size // multiple) * multiple
 
 
-def check_padded_vocab_size(padded: int, *, tp_size: int, real_vocab_size: int) -> None:
-    """Refuse a padded vocabulary that TP cannot split evenly or that drops real tokens."""
-    if padded % tp_size != 0:
-        raise ValueError(f"padded vocabulary size {padded} is not divisible by tensor_model_parallel_size={tp_size}")
-    if padded < real_vocab_size:
-        raise ValueError(f"padded vocabulary size {padded} is smaller than the real vocabulary ({real_vocab_size})")
-
-
 def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_vocab_size: int,
-                    options: BuildOptions = BuildOptions()) -> GPTModel:
+                    options: BuildOptions = BuildOptions(), model: str = "model") -> GPTModel:
     """This rank's stage of ``arch``: layers of pipeline stage ``ctx.pp_rank``, TP-sharded over ``ctx.tp_group``.
 
     The first stage holds the embedding, the last the final norm and the output layer (a separate copy of the
     embedding when the weights are tied and PP > 1, kept equal by megatron-core). Logits come out vocab-parallel,
     ``[b, s, padded_vocab_size / tp]``; columns ≥ the real vocabulary must be masked by the loss.
-    megatron-core reads the stage's layer offset from its parallel state, which ``ctx`` describes.
+    megatron-core reads the stage's layer offset from its parallel state, which ``ctx`` describes. ``model``
+    names the model ("student", "teacher") in layout errors.
     """
     if padded_vocab_size % ctx.tp_size:
         raise ValueError(f"padded vocabulary size {padded_vocab_size} is not divisible by "
                          f"tensor_model_parallel_size={ctx.tp_size}")
     use_te = resolve_use_te(options.use_te, fp8=options.fp8 is not None)
-    if arch.num_layers % ctx.pp_size:
-        raise ValueError(f"pipeline_model_parallel_size={ctx.pp_size} must divide num_layers={arch.num_layers}")
+    check_attention_heads(ctx.tp_size, heads=arch.num_attention_heads, kv_heads=arch.num_query_groups, model=model)
+    check_layers(ctx.pp_size, num_layers=arch.num_layers, model=model)
     config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te)
-    model = GPTModel(
+    gpt = GPTModel(
         config=config,
         transformer_layer_spec=gpt_layer_spec(arch, use_te=use_te),
         vocab_size=padded_vocab_size,
@@ -59,8 +53,8 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
         rope_scaling=arch.rope_scaling_factor is not None,
         rope_scaling_factor=arch.rope_scaling_factor or 8.0,  # unused when rope_scaling is False
     )
-    _params_to_dtype(model, options.params_dtype)
-    return model
+    _params_to_dtype(gpt, options.torch_dtype)
+    return gpt
 
 
 def _params_to_dtype(model: GPTModel, dtype: torch.dtype) -> None:

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
 
 PAPER_HEADLINE = ("Chen et al. (2026), Qwen3-8B -> Qwen3-4B-Base, math benchmarks: LSP 0.5 keeps ~91% of "
                   "LSP 1.0 accuracy with ~50% less training time, memory and FLOPs.")
-
-
-def run_costs(metrics_path: Path) -> dict:
-    """Sum a run's metrics.jsonl: tokens, FLOPs, step time, peak memory."""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    steps = [r for r in rows if "loss" in r]
-    flops = sum(r["tflops_per_device"] * 1e12 * r["step_time_s"] for r in steps)  # per device
-    return {
-        "steps": len(steps),
-        "input_tokens": sum(r.get("input_tokens", 0) for r in steps),
-        "loss_tokens": sum(r["tokens"] for r in steps),
-        "flops_per_device": flops,
-        "train_time_s": sum(r["step_time_s"] for r in steps),
-        "mean_step_time_s": sum(r["step_time_s"] for r in steps) / max(len(steps), 1),
-        "peak_mem_bytes": max(r["peak_mem_bytes"] for r in steps),
-        "final_loss": steps[-1]["loss"] if steps else None,
-    }
 
 
 def _ratio(a, b):

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 group_key="task", max_new_tokens=s.eval_budget,
                                                 budget_forcing=True, tag="quickstart")
     log("5/5 report")
-    costs = {name: report.run_costs(run_dir / "metrics.jsonl") for name, run_dir in runs.items()}
+    costs = {name: experiments.run_costs(run_dir / "metrics.jsonl") for name, run_dir in runs.items()}
     results = {name: {"lsp": name.split("lsp")[1] if "lsp" in name else "1.0", **accuracy[name],
                       "costs": costs[name]} for name in runs}
     rows = report.build_rows(results)

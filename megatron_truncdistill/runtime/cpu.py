@@ -12,8 +12,8 @@ absent:
 3. one ``TorchFunctionMode`` that maps CUDA device arguments and ``.cuda()`` to the CPU and answers megatron's
    ``.type()`` checks with the CUDA type name (only the no-argument form, which is what megatron asserts on).
 
-On a GPU none of this is installed. An unsupported megatron-core version fails loudly here rather than in a
-half-patched forward pass.
+On a GPU none of this is installed. An unverified megatron-core version fails loudly here (through
+``mcore_compat``, which every entry point also calls on GPUs) rather than in a half-patched forward pass.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import torch
 from torch.overrides import TorchFunctionMode
 
-SUPPORTED_MCORE = ("0.16.",)
+from megatron_truncdistill.mcore_compat import check_megatron_core_version
 
 _installed = False
 _mode: TorchFunctionMode | None = None
@@ -63,18 +63,6 @@ class _CudaToCpuMode(TorchFunctionMode):
         if func in _TENSOR_TO and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)
-
-
-def _check_mcore_version() -> None:
-    import megatron.core
-
-    version = megatron.core.__version__
-    if not version.startswith(SUPPORTED_MCORE):
-        raise RuntimeError(
-            f"megatron-core {version} is not supported by the CPU runtime (supported: "
-            f"{', '.join(v + 'x' for v in SUPPORTED_MCORE)}); install megatron-core==0.16.1 for CPU runs "
-            "(requirements/cpu-constraints.txt)"
-        )
 
 
 def _patch_torch_cuda() -> None:
@@ -118,14 +106,10 @@ def enable_cpu_runtime() -> bool:
         return False
     if _installed:
         return True
-    _check_mcore_version()
+    check_megatron_core_version()
     _patch_torch_cuda()
     _patch_megatron_rng()
     _mode = _CudaToCpuMode()
     _mode.__enter__()  # stays on this thread's mode stack for the life of the process
     _installed = True
     return True
-
-
-def cpu_runtime_active() -> bool:
-    return _installed

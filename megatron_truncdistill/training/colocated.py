@@ -10,28 +10,12 @@ logits shards (or feeds them straight to the fused loss) so that neither model's
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_truncdistill.data.samples import Batch
-
-
-@contextmanager
-def _final_hidden_states(model):
-    """Make a last-stage GPTModel return its final-norm hidden states instead of logits.
-
-    GPTModel has no public switch for this; shadowing the output layer's ``forward`` on the instance for the
-    duration of one call keeps the whole embedding/RoPE/decoder path megatron-core's own.
-    """
-    layer = model.output_layer
-    layer.forward = lambda hidden, weight=None, runtime_gather_output=None: (hidden, None)
-    try:
-        yield
-    finally:
-        del layer.forward
+from megatron_truncdistill.mcore_compat import final_hidden_states
 
 
 def output_weight(model) -> torch.Tensor:
@@ -94,7 +78,7 @@ class ColocatedStage(torch.nn.Module):
         if not self.is_last_stage:
             return model(batch.tokens, batch.position_ids, **inputs)  # [s, b, h]
         core = model.module if hasattr(model, "module") else model
-        with _final_hidden_states(core):
+        with final_hidden_states(core):
             hidden = model(batch.tokens, batch.position_ids, **inputs)  # [b, s, h] (transposed)
         return hidden.transpose(0, 1)  # [s, b, h] view
 

@@ -35,8 +35,8 @@ def step_record(stats: dict[str, float], *, step: int, step_time_s: float, flops
         "loss": _ratio(stats["loss_sum"], tokens),
         "kd_loss": _ratio(stats["kd_sum"], tokens),
         "ce_loss": _ratio(stats["ce_sum"], tokens),
-        **{f"kd_{s.name.lower()}": _ratio(stats[f"kd_sum_{s.name.lower()}"], stats[f"tokens_{s.name.lower()}"])
-           for s in Section},
+        **{f"kd_{s.name.lower()}": _ratio(stats[f"section_kd_sum_{s.name.lower()}"],
+                                          stats[f"section_tokens_{s.name.lower()}"]) for s in Section},
         "lr": stats["lr"],
         "grad_norm": stats["grad_norm"],
         "tokens": int(tokens),
@@ -54,8 +54,10 @@ def step_record(stats: dict[str, float], *, step: int, step_time_s: float, flops
 class MetricsLogger:
     """Writes on one rank only (the caller passes ``enabled``); every other rank's logger does nothing."""
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool, tensorboard: bool) -> None:
+    def __init__(self, run_dir: str | Path, *, enabled: bool, tensorboard: bool, log_interval: int = 1) -> None:
+        """``log_interval``: steps between console lines and TensorBoard points (metrics.jsonl gets every step)."""
         self.enabled = enabled
+        self.log_interval = log_interval
         self._jsonl = None
         self._tb = None
         if not enabled:
@@ -73,6 +75,9 @@ class MetricsLogger:
             return
         self._jsonl.write(json.dumps(record) + "\n")
         step = record["step"]
+        is_last = total_steps is not None and step >= total_steps
+        if "valid_loss" not in record and step % self.log_interval and not is_last:
+            return
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

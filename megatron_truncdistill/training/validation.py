@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from megatron_truncdistill.config import Config, ConfigError
+from megatron_truncdistill.config import Config
+from megatron_truncdistill.errors import ConfigError
+from megatron_truncdistill.layout import check_attention_heads, check_batch_sizes, check_layers, data_parallel_size
 from megatron_truncdistill.models.layer_spec import resolve_use_te, transformer_engine_available
 
 
@@ -14,28 +16,19 @@ def uses_transformer_engine(config: Config) -> bool:
 
 
 def check_layout(config: Config, plans: list, *, world_size: int) -> None:
-    """TP must divide heads and KV heads, PP the layer counts of both models, TP×PP the world size."""
+    """TP must divide heads and KV heads, PP the layer counts of both models, TP×PP the world size (``layout``)."""
     tp = config.parallel.tensor_model_parallel_size
     pp = config.parallel.pipeline_model_parallel_size
-    if world_size % (tp * pp):
-        raise ConfigError(f"parallel: world size {world_size} is not divisible by tensor_model_parallel_size × "
-                          f"pipeline_model_parallel_size = {tp} × {pp}")
+    dp = data_parallel_size(world_size, tp=tp, pp=pp)
     for plan in plans:
-        a = plan.arch
-        if a.num_attention_heads % tp or a.num_query_groups % tp:
-            raise ConfigError(f"parallel.tensor_model_parallel_size={tp} must divide {plan.key} attention heads "
-                              f"({a.num_attention_heads}) and KV heads ({a.num_query_groups})")
-        if a.num_layers % pp:
-            raise ConfigError(f"parallel.pipeline_model_parallel_size={pp} must divide {plan.key} num_layers "
-                              f"({a.num_layers})")
-    dp = world_size // (tp * pp)
+        check_attention_heads(tp, heads=plan.arch.num_attention_heads, kv_heads=plan.arch.num_query_groups,
+                              model=plan.key)
+        check_layers(pp, num_layers=plan.arch.num_layers, model=plan.key)
     t = config.train
     if config.data.packing and uses_transformer_engine(config) and t.micro_batch_size != 1:
         raise ConfigError(f"train.micro_batch_size={t.micro_batch_size}: packed documents go to Transformer Engine "
                           "as one THD sequence per micro-batch; use micro_batch_size=1 with data.packing")
-    if t.global_batch_size % (t.micro_batch_size * dp):
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                          f"train.micro_batch_size × data-parallel size = {t.micro_batch_size} × {dp}")
+    check_batch_sizes(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size, dp=dp)
 
 
 def check_machine(config: Config) -> None:

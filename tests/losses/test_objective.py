@@ -111,7 +111,7 @@ def test_all_masked_gives_zero_loss_and_zero_grad(fused):
     assert terms.loss_sum.item() == 0.0 and terms.num_tokens.item() == 0.0
     for grad in grads if fused else (grads,):
         assert torch.count_nonzero(grad) == 0 and torch.isfinite(grad).all()
-    assert torch.isfinite(terms.stats()).all() and terms.stats().shape == (len(STAT_NAMES),)
+    assert torch.isfinite(terms.stat_vector()).all() and terms.stat_vector().shape == (len(STAT_NAMES),)
 
 
 def test_masked_label_in_padding_rows_is_an_error():
@@ -158,7 +158,7 @@ def _tp2_job():
         for fused, sp in [(False, False), (True, False), (True, True)]:
             terms, grads = _objective(_batch(), config, fused=fused, tp_group=group, rank=rank, tp=2,
                                       sequence_parallel=sp)
-            results[(i, fused, sp)] = (terms.stats(), grads)
+            results[(i, fused, sp)] = (terms.stat_vector(), grads)
     return results
 
 
@@ -181,7 +181,7 @@ def test_tp2_matches_tp1(index, layout, tp2_results):
     tp1_terms, tp1_grads = _objective(_batch(), CONFIGS[index], fused=fused)
     (stats0, grads0), (stats1, grads1) = (rank[(index, *layout)] for rank in tp2_results)
     assert torch.equal(stats0, stats1)
-    torch.testing.assert_close(stats0, tp1_terms.stats(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats0, tp1_terms.stat_vector(), rtol=1e-5, atol=1e-5)
     if not fused:
         torch.testing.assert_close(torch.cat([grads0, grads1], dim=-1), tp1_grads, rtol=1e-4, atol=1e-6)
         return

@@ -1,6 +1,5 @@
 """Each CPU-runtime patch does what megatron-core needs of the symbol it replaces (run inside a forked rank)."""
 
-import pytest
 import torch
 
 from gloo_ranks import run_gloo_ranks
@@ -73,13 +72,3 @@ def test_model_parallel_seed_differs_per_tp_rank_only_in_tracked_stream():
     rank0, rank1 = run_gloo_ranks(_tp_ranks_draw_different_dropout, 2, timeout=60)[0]
     assert rank0[:4] != rank1[:4], "tensor-parallel regions draw per-TP-rank dropout"
     assert rank0[4:] == rank1[4:], "the default stream is shared by TP ranks"
-
-
-def test_unsupported_megatron_version_fails_loudly(monkeypatch):
-    import megatron.core
-
-    from megatron_truncdistill.runtime import cpu
-
-    monkeypatch.setattr(megatron.core, "__version__", "0.18.0")
-    with pytest.raises(RuntimeError, match="megatron-core 0.18.0 is not supported"):
-        cpu._check_mcore_version()

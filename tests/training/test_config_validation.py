@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from distill_setup import make_tiny_bins, tiny_config
-from megatron_truncdistill.config import ConfigError, load_config
+from megatron_truncdistill.config import load_config
+from megatron_truncdistill.errors import ConfigError
 from megatron_truncdistill.data.bins import open_bins
 from megatron_truncdistill.quickstart.tiny_tokenizer import build_tiny_tokenizer
 from megatron_truncdistill.tokenization import load_tokenizer
 from megatron_truncdistill.training import validation
-from megatron_truncdistill.training.setup import plan_model
+from megatron_truncdistill.training.assembly import plan_model
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def _plans(config):
 
 
 @pytest.mark.parametrize("overrides, world, match", [
-    (["parallel.tensor_model_parallel_size=3"], 3, r"tensor_model_parallel_size=3 must divide student attention"),
-    (["parallel.pipeline_model_parallel_size=4"], 4, r"pipeline_model_parallel_size=4 must divide student num_layers"),
+    (["parallel.tensor_model_parallel_size=3"], 3, r"tensor_model_parallel_size=3 must divide the student's attention"),
+    (["parallel.pipeline_model_parallel_size=4"], 4, r"pipeline_model_parallel_size=4 must divide the student's num_layers"),
     (["parallel.tensor_model_parallel_size=2"], 3, r"parallel: world size 3 is not divisible"),
     (["train.global_batch_size=6"], 4, r"train.global_batch_size=6 is not divisible by train.micro_batch_size"),
 ])
@@ -71,7 +72,11 @@ def test_bins_made_with_another_tokenizer_are_refused(bins, tmp_path):
     (["parallel.bogus=1"], r"parallel.bogus: unknown key"),
     (["distill.loss_sections=[COT, THOUGHTS]"], r"distill.loss_sections: unknown section 'THOUGHTS'"),
     (["teacher=null"], r"teacher: teacher: null \(student-only\) requires distill.kd_weight=0"),
-    (["student.params_dtype=float16"], r"student.params_dtype: 'float16' is not float32 or bfloat16"),
+    (["student.params_dtype=float16"], r"student.params_dtype: 'float16' is not one of float32, bfloat16"),
+    (["teacher.fp8=e5m2"], r"teacher.fp8: 'e5m2' is not one of hybrid, e4m3 or null"),
+    (["student.fp8_recipe=fancy"], r"student.fp8_recipe: 'fancy' is not one of delayed, tensorwise, mxfp8, blockwise"),
+    (["student.recompute=some"], r"student.recompute: 'some' is not one of full, selective or null"),
+    (["logging.log_interval=0"], r"logging.log_interval: must be positive"),
     (["optimizer.lr=fast"], r"optimizer.lr: expected a number"),
     (["distill.kd_weight=1.5"], r"distill.kd_weight: must be in \[0, 1\]"),
 ])

@@ -58,10 +58,10 @@ def test_tp2pp2_and_dp2_reproduce_tp1_losses(tiny, tmp_path):
 
 def _frozen_teacher_and_learning_student(config):
     """Rank function: train, then report teacher/student parameter changes and gradient state."""
-    from megatron_truncdistill.training.loop import TrainingRun
     from megatron_truncdistill.train import _StopFlag
+    from megatron_truncdistill.training.assembly import build_training_run
 
-    run = TrainingRun.create(config)
+    run = build_training_run(config)
     teacher = run.stage.teacher
     student = run.ddp[0].module
     before_t = {k: v.detach().clone() for k, v in teacher.state_dict().items() if isinstance(v, torch.Tensor)}
@@ -95,16 +95,16 @@ def _logit_grads_by_section(config):
     from megatron_truncdistill.losses import kd_ce_objective
     from megatron_truncdistill.sections import Section
     from megatron_truncdistill.training.colocated import logits_from_hidden
-    from megatron_truncdistill.training.loop import TrainingRun, _objective_config
+    from megatron_truncdistill.training.assembly import build_training_run, objective_config
 
-    run = TrainingRun.create(config)
+    run = build_training_run(config)
     batch = run.train_batches.step(0)[0]
     s_hidden, t_hidden = run.stage(batch)
     logits = logits_from_hidden(run.ddp[0].module, s_hidden).detach().requires_grad_(True)  # [s, b, v]
     with torch.no_grad():
         t_logits = logits_from_hidden(run.stage.teacher, t_hidden)
     terms = kd_ce_objective(logits, t_logits, labels=batch.labels, loss_mask=batch.loss_mask,
-                            sections=batch.sections, config=_objective_config(config), vocab_size=102)
+                            sections=batch.sections, config=objective_config(config), vocab_size=102)
     terms.loss_sum.backward()
     per_token = logits.grad.abs().sum(-1).transpose(0, 1)  # [s, b, v] -> [b, s]
     out = {s.name: float(per_token[batch.sections == s].max()) for s in Section}

@@ -1,4 +1,4 @@
-"""Model-only megatron-core checkpoints: the layout the converter writes and the trainer reads (see README.md).
+"""Model-only megatron-core checkpoints: the layout the converter writes and the trainer reads and writes (README.md).
 
 A checkpoint is a directory holding a ``dist_checkpointing`` (torch_dist) checkpoint of the state dict
 ``{"model": model.sharded_state_dict()}`` plus ``truncdistill_model.json`` (``ModelMeta``). Because the tensors
@@ -18,12 +18,12 @@ import torch
 from megatron.core.models.gpt import GPTModel
 
 from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
+from megatron_truncdistill.dtypes import torch_dtype
 from megatron_truncdistill.models.hf_config import ModelArchitecture, architecture_from_hf
 
 META_NAME = "truncdistill_model.json"
 META_FORMAT_VERSION = 1
 MODEL_KEY = "model"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,7 @@ class ModelMeta:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.params_dtype]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    names = {v: k for k, v in _DTYPES.items()}
-    if dtype not in names:
-        raise ValueError(f"unsupported checkpoint dtype {dtype} (float32 or bfloat16)")
-    return names[dtype]
+        return torch_dtype(self.params_dtype)
 
 
 def read_model_meta(directory: str | Path) -> ModelMeta:

@@ -8,7 +8,7 @@ from functools import partial
 import torch
 
 from megatron_truncdistill.data.samples import Batch
-from megatron_truncdistill.losses import STAT_NAMES, KDObjectiveConfig, kd_ce_objective, kd_ce_objective_fused
+from megatron_truncdistill.losses import KDObjectiveConfig, kd_ce_objective, kd_ce_objective_fused
 from megatron_truncdistill.training.colocated import logits_from_hidden, output_weight
 
 
@@ -45,8 +45,7 @@ def _loss_func(stage, setup: ObjectiveSetup, batch: Batch, output):
             with torch.no_grad():
                 teacher_logits = logits_from_hidden(teacher, teacher_hidden)  # [s, b, v/tp]
         terms = kd_ce_objective(student_logits, teacher_logits, **common)
-    stats = dict(zip(STAT_NAMES, terms.stats()))
-    return terms.loss_sum, terms.num_tokens.detach().round().to(torch.int), stats
+    return terms.loss_sum, terms.num_tokens.detach().round().to(torch.int), terms.stats()
 
 
 def make_forward_step(setup: ObjectiveSetup):
