@@ -8,6 +8,7 @@ shared by the cells that use them. Results: ``results.md`` and ``results.json`` 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from megatron_truncdistill import experiments
+from megatron_truncdistill.errors import cli_main
 from megatron_truncdistill.evaluation.exact_match import EXTRACTORS
 from megatron_truncdistill.sections import parse_sections
 
@@ -131,3 +133,18 @@ def write_results(rows: list[dict], out_dir: str | Path) -> str:
     (out / "results.md").write_text(f"# Truncation study ({time.strftime('%Y-%m-%d %H:%M')})\n\n{table}\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     return table
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """``truncdistill-study SWEEP.yaml [--out-dir DIR]`` (``tools/study.py``)."""
+    parser = argparse.ArgumentParser(description="Run a truncation study (LSP x loss sections x window ablation).")
+    parser.add_argument("sweep", help="study YAML (see examples/study_tiny.yaml)")
+    parser.add_argument("--out-dir", default=None, help="override the YAML's out_dir")
+    args = parser.parse_args(argv)
+    study = load_study(args.sweep)
+    if args.out_dir:
+        study["out_dir"] = args.out_dir
+    rows = run_study(study)
+    print(write_results(rows, study["out_dir"]))
+    return 0
