@@ -117,3 +117,34 @@ def test_killed_generate_resumes_without_duplicates_or_losses(tmp_path, eval_dir
     assert main(_args(tiny_qwen3_dir, fresh, gsm, n=1, tokens=4, extra=["--limit", "12", "--batch-size", "1"])) == 0
     key = lambda r: r["index"]  # noqa: E731
     assert sorted(resumed, key=key) == sorted(_records(fresh), key=key), "same batches, same seeds, same samples"
+
+
+@pytest.mark.slow
+def test_checkpoint_as_model_is_exported_and_samples_like_its_source(tmp_path, eval_dir, tiny_qwen3_dir, capsys):
+    """A run directory holding a checkpoint runs through the on-the-fly export: greedy generations equal the
+    source HF model's, the export is gone afterwards, and a checkpoint whose tokenizer is gone is one line."""
+    import shutil
+
+    from gloo_ranks import run_gloo_ranks
+    from mcore_jobs import convert_all
+
+    run = tmp_path / "train_run"  # a trainer's layout: <run>/checkpoints/{latest, iter_*}
+    ckpt = run / "checkpoints" / "iter_0000002"
+    run_gloo_ranks(convert_all, 1, [(str(tiny_qwen3_dir), str(ckpt))], timeout=240)
+    (run / "checkpoints" / "latest").write_text("iter_0000002\n")
+    greedy = ["--limit", "2", "--temperature", "0"]
+    bench = eval_dir / "aime24.jsonl"
+    assert main(_args(tiny_qwen3_dir, tmp_path / "hf_run", bench, n=1, tokens=5, extra=greedy)) == 0
+    assert main(_args(run, tmp_path / "ckpt_run", bench, n=1, tokens=5, extra=greedy)) == 0
+    assert "exporting checkpoint" in capsys.readouterr().err
+    assert [r["generations"] for r in _records(tmp_path / "ckpt_run")] == \
+        [r["generations"] for r in _records(tmp_path / "hf_run")]
+    assert not list((tmp_path / "ckpt_run").glob(".hf_export_*")), "the temporary export is removed"
+    meta_path = ckpt / "truncdistill_model.json"
+    meta = json.loads(meta_path.read_text())
+    orphan = tmp_path / "orphan"
+    shutil.copytree(ckpt, orphan)
+    (orphan / meta_path.name).write_text(json.dumps(dict(meta, tokenizer={"path": str(tmp_path / "gone")})))
+    assert main(_args(orphan, tmp_path / "orphan_run", bench, n=1, tokens=5, extra=greedy)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "does not exist; pass --tokenizer" in err[0] and str(orphan) in err[0]
