@@ -51,7 +51,7 @@ def parse_benchmark_spec(spec: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _pick_key(path: Path, first: dict, given: str | None, candidates: tuple[str, ...], option: str) -> str:
+def _pick_key(path: Path, first: dict, given: str | None, *, candidates: tuple[str, ...], option: str) -> str:
     if given is not None:
         if given not in first:
             raise EvalInputError(f"{path} line 1: no {given!r} field (fields: {', '.join(first)}); fix {option}")
@@ -89,8 +89,8 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_key: st
     path = Path(path)
     records = _read_records(path)
     first = records[0][1]
-    pkey = _pick_key(path, first, problem_key, PROBLEM_KEYS, "--problem-key")
-    akey = _pick_key(path, first, answer_key, ANSWER_KEYS, "--answer-key")
+    pkey = _pick_key(path, first, problem_key, candidates=PROBLEM_KEYS, option="--problem-key")
+    akey = _pick_key(path, first, answer_key, candidates=ANSWER_KEYS, option="--answer-key")
     problems = []
     for index, (line_no, record) in enumerate(records[:limit]):
         for key, option in ((pkey, "--problem-key"), (akey, "--answer-key")):

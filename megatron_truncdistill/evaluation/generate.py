@@ -36,6 +36,8 @@ from megatron_truncdistill.evaluation.run_files import GRADES_FILE, GenerationsF
 DEFAULT_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 """DeepSeek-R1's recommended instruction for math; ``{problem}`` is replaced by the problem text."""
 DEFAULT_BATCH_SIZE = {"transformers": 16, "vllm": 1024}
+# tqdm's default flips a rate below 1/s into "s/sample"; a 32k-token run always reads in samples/s, with its ETA.
+PROGRESS_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed} elapsed, ETA {remaining}, {rate_noinv_fmt}{postfix}]"
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _batches(problems: list[Problem], per_call: int, done: set) -> list[list[Pro
     return [b for b in batches if b]
 
 
-def _make_backend(name: str, model_dir: Path, tokenizer_dir: Path, config: GenerateConfig, *, batch_size: int,
+def _make_backend(name: str, model_dir: Path, *, tokenizer_dir: Path, config: GenerateConfig, batch_size: int,
                   device: str | None):
     if name == "vllm":
         return VllmBackend(model_dir, tokenizer_dir=tokenizer_dir, dtype=config.dtype,
@@ -130,7 +132,7 @@ def _sample_all(backend, tokenizer, batches: list[list[Problem]], *, config: Gen
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids)  # masked anyway
     total = sum(len(b) for b in batches) * sampling.n
     with tqdm(total=total, desc=f"generate ({backend.name})", unit=" samples", file=sys.stderr,
-              disable=not config.progress, smoothing=0.1, mininterval=1.0) as bar:
+              disable=not config.progress, smoothing=0.1, mininterval=1.0, bar_format=PROGRESS_FORMAT) as bar:
         tokens, start = 0, time.perf_counter()
         for batch in batches:
             prompts = render_prompts(tokenizer, batch, config.prompt_template)
@@ -172,8 +174,8 @@ def run_generate(config: GenerateConfig) -> dict:
             tokenizer_dir = Path(config.tokenizer) if config.tokenizer else model_dir
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
             stop_ids = stop_token_ids(model_dir, tokenizer)
-            backend = _make_backend(backend_name, model_dir, tokenizer_dir, config, batch_size=batch_size,
-                                    device=device)
+            backend = _make_backend(backend_name, model_dir, tokenizer_dir=tokenizer_dir, config=config,
+                                    batch_size=batch_size, device=device)
             log(f"backend {backend_name}" + (f" on {backend.device}" if backend_name == "transformers" else "")
                 + f", {todo} problems to generate -> {cache.path}")
             _sample_all(backend, tokenizer, batches, config=config, stop_ids=stop_ids, cache=cache)

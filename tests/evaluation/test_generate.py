@@ -24,10 +24,10 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
 
 
-def _args(model, out, *benchmarks, n=2, tokens=3, extra=()):
+def _args(model, out, *benchmarks, n=2, tokens=3, extra=(), progress=False):
     return ["generate", "--model", str(model), "--benchmark", *map(str, benchmarks), "--output", str(out),
             "--n", str(n), "--max-new-tokens", str(tokens), "--backend", "transformers", "--device", "cpu",
-            "--no-progress", *extra]
+            *([] if progress else ["--no-progress"]), *extra]
 
 
 def test_prompts_use_the_chat_template_with_thinking_enabled(tiny_qwen3_dir, eval_dir):
@@ -86,7 +86,7 @@ def test_taught_model_scores_what_it_was_taught(tmp_path, eval_dir, qwen3_tokeni
 
 def _start(model, out, gsm, log):
     cmd = [sys.executable, str(REPO / "tools" / "evaluate.py"),
-           *_args(model, out, gsm, n=1, tokens=4, extra=["--limit", "12", "--batch-size", "1"])]
+           *_args(model, out, gsm, n=1, tokens=4, extra=["--limit", "12", "--batch-size", "1"], progress=True)]
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -107,11 +107,14 @@ def test_killed_generate_resumes_without_duplicates_or_losses(tmp_path, eval_dir
         proc.wait(timeout=30)
     written = (out / "generations.jsonl").read_bytes()
     complete = written[: written.rfind(b"\n") + 1]
-    assert 3 <= complete.count(b"\n") < 12
+    kept = complete.count(b"\n")
+    assert 3 <= kept < 12
     with open(tmp_path / "log2", "w") as log:
         assert _start(tiny_qwen3_dir, out, gsm, log).wait(timeout=300) == 0, (tmp_path / "log2").read_text()
     resumed = _records(out)
     assert sorted(r["index"] for r in resumed) == list(range(12)), "no record duplicated or lost"
+    log2 = (tmp_path / "log2").read_text()
+    assert f"({kept} already in" in log2 and "samples/s" in log2 and "ETA" in log2, log2
     assert (out / "generations.jsonl").read_bytes().startswith(complete), "records written before the kill stay"
     fresh = tmp_path / "fresh"
     assert main(_args(tiny_qwen3_dir, fresh, gsm, n=1, tokens=4, extra=["--limit", "12", "--batch-size", "1"])) == 0
