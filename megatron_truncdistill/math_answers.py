@@ -14,6 +14,7 @@ thread; elsewhere the bound is switched off (``_timeout``) rather than failing.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -29,19 +30,33 @@ _PREDICTION_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtract
 _REFERENCE_CONFIG = (LatexExtractionConfig(), ExprExtractionConfig())
 
 
+# A ``$`` that opens or closes math; ``\\$`` is a dollar sign (MATH500 writes money as ``\\$18.90``).
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")
+GSM8K_MARK = "#### "
+
+
 def _timeout(seconds: int) -> int | None:
     return seconds if threading.current_thread() is threading.main_thread() else None
+
+
+def reference_text(answer: Any) -> Any:
+    """The answer part of a reference: a GSM8K solution ending in ``#### 18`` means ``18``; others are as given."""
+    if isinstance(answer, str) and GSM8K_MARK in answer:
+        return answer.rsplit(GSM8K_MARK, 1)[1].strip()
+    return answer
 
 
 def parse_reference(answer: Any) -> list:
     """The parsed form of a reference answer (a string, int or float); ``[]`` when it cannot be parsed.
 
-    A bare answer is wrapped in ``$...$`` so that LaTeX without delimiters (``\\frac{14}{3}``) is read as math.
+    A bare answer is wrapped in ``$...$`` so that LaTeX without delimiters (``\\frac{14}{3}``, ``\\$18.90``) is
+    read as math; a GSM8K solution is read from its ``#### `` line (``reference_text``).
     """
+    answer = reference_text(answer)
     text = str(answer).strip()
     if isinstance(answer, float) and answer.is_integer():
         text = str(int(answer))  # AMC's 27.0 is the integer 27
-    if "$" not in text and "\\boxed" not in text:
+    if not _MATH_DELIMITER.search(text) and "\\boxed" not in text:
         text = f"${text}$"
     return parse(text, extraction_config=_REFERENCE_CONFIG, parsing_timeout=_timeout(PARSE_TIMEOUT_S))
 

@@ -1,4 +1,10 @@
-"""Score a model on held-out problems: render each prompt with the chat template, generate, compare answers."""
+"""Score a model on held-out problems: render each prompt with the chat template, generate, compare answers.
+
+An extractor (``EXTRACTORS``) chooses where the answer is read (the quickstart's ``Answer: N`` line, the last
+``\\boxed{}``, or math-verify's own reading of the whole generation); whether it equals the reference is decided
+by ``math_answers`` (math-verify), the grader ``tools/evaluate.py`` uses, so ``42`` = ``042`` and ``1/2`` =
+``\\frac{1}{2}`` here too.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Callable
 
 from megatron_truncdistill.evaluation.budget_forcing import budget_force
 from megatron_truncdistill.evaluation.greedy import greedy_generate
+from megatron_truncdistill.math_answers import parse_prediction, parse_reference, same_answer
 
 
 @dataclass
@@ -43,7 +50,18 @@ def boxed(text: str) -> str | None:
     return None
 
 
-EXTRACTORS = {"answer_line": answer_line, "boxed": boxed}
+def final_answer(text: str) -> str | None:
+    """The final answer math-verify reads (``\\boxed{}`` first, else the last expression), as ``grade`` does."""
+    parsed = parse_prediction(text)
+    return str(parsed[-1]) if parsed else None
+
+
+EXTRACTORS = {"answer_line": answer_line, "boxed": boxed, "math_verify": final_answer}
+
+
+def matches(extracted: str | None, reference) -> bool:
+    """Whether an extracted answer equals the reference, by ``math_answers`` (None never does)."""
+    return extracted is not None and same_answer(parse_reference(reference), parse_reference(extracted))
 
 
 def evaluate_exact_match(model, tokenizer, records: list[dict], *, extract: Callable[[str], str | None] = answer_line,
@@ -61,7 +79,7 @@ def evaluate_exact_match(model, tokenizer, records: list[dict], *, extract: Call
     stop = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
     generations = greedy_generate(model, prompt_ids, max_new_tokens=max_new_tokens, stop_ids=stop,
                                   vocab_size=tokenizer.vocab_size)
-    expected = [str(r["answer"]).replace(" ", "") for r in records]
+    expected = [r["answer"] for r in records]
     forced, correct_unforced = [False] * len(records), None
     if budget_forcing:
         correct_unforced = _count_correct([tokenizer.decode(ids) for ids in generations], expected, extract)
@@ -76,5 +94,5 @@ def evaluate_exact_match(model, tokenizer, records: list[dict], *, extract: Call
                       forced=sum(forced), correct_unforced=correct_unforced)
 
 
-def _count_correct(texts: list[str], expected: list[str], extract: Callable[[str], str | None]) -> int:
-    return sum(a is not None and a == e for a, e in zip((extract(t) for t in texts), expected))
+def _count_correct(texts: list[str], expected: list, extract: Callable[[str], str | None]) -> int:
+    return sum(matches(extract(t), e) for t, e in zip(texts, expected))
