@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 
 BACKENDS = ("auto", "vllm", "transformers")
 
@@ -41,7 +41,7 @@ class Sampling:
                   "--top-k": self.top_k >= 0, "--max-new-tokens": self.max_new_tokens >= 1}
         for option, ok in checks.items():
             if not ok:
-                raise EvalInputError(f"{option} {getattr(self, option[2:].replace('-', '_'))}: out of range "
+                raise UserError(f"{option} {getattr(self, option[2:].replace('-', '_'))}: out of range "
                                      "(n, max-new-tokens >= 1; temperature, top-k >= 0; 0 < top-p <= 1)")
 
 
@@ -153,14 +153,14 @@ def vllm_installed() -> bool:
 
 def require_vllm() -> None:
     if not vllm_installed():
-        raise EvalInputError("--backend vllm: vLLM is not installed here (pip install vllm on a GPU machine), "
+        raise UserError("--backend vllm: vLLM is not installed here (pip install vllm on a GPU machine), "
                              "or pass --backend transformers")
 
 
 def resolve_backend(name: str) -> str:
     """``auto`` → ``vllm`` when it is installed, else ``transformers``; refuses ``vllm`` without vLLM."""
     if name not in BACKENDS:
-        raise EvalInputError(f"--backend {name}: choose one of {', '.join(BACKENDS)}")
+        raise UserError(f"--backend {name}: choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         return "vllm" if vllm_installed() else "transformers"
     if name == "vllm":
@@ -175,5 +175,5 @@ def resolve_device(device: str | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalInputError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
+        raise UserError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
     return device

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 from megatron_truncdistill.math_answers import reference_text
 
 PROBLEM_KEYS = ("problem", "question", "prompt", "input")
@@ -47,26 +47,26 @@ def parse_benchmark_spec(spec: str) -> tuple[str, Path]:
     if not sep:
         return Path(spec).stem, Path(spec)
     if not name or not path:
-        raise EvalInputError(f"--benchmark {spec}: expected FILE.jsonl or NAME=FILE.jsonl")
+        raise UserError(f"--benchmark {spec}: expected FILE.jsonl or NAME=FILE.jsonl")
     return name, Path(path)
 
 
 def _pick_key(path: Path, first: dict, given: str | None, *, candidates: tuple[str, ...], option: str) -> str:
     if given is not None:
         if given not in first:
-            raise EvalInputError(f"{path} line 1: no {given!r} field (fields: {', '.join(first)}); fix {option}")
+            raise UserError(f"{path} line 1: no {given!r} field (fields: {', '.join(first)}); fix {option}")
         return given
     for key in candidates:
         if key in first:
             return key
-    raise EvalInputError(f"{path} line 1: none of the fields {', '.join(candidates)} (fields: {', '.join(first)}); "
+    raise UserError(f"{path} line 1: none of the fields {', '.join(candidates)} (fields: {', '.join(first)}); "
                          f"pass {option}")
 
 
 def _read_records(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) for every non-empty line; one-line errors for a missing or damaged file."""
     if not path.is_file():
-        raise EvalInputError(f"benchmark file {path} not found")
+        raise UserError(f"benchmark file {path} not found")
     records = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -74,12 +74,12 @@ def _read_records(path: Path) -> list[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise EvalInputError(f"{path} line {line_no}: not JSON ({err.msg}); a benchmark is JSON lines") from None
+            raise UserError(f"{path} line {line_no}: not JSON ({err.msg}); a benchmark is JSON lines") from None
         if not isinstance(record, dict):
-            raise EvalInputError(f"{path} line {line_no}: a JSON object per line expected")
+            raise UserError(f"{path} line {line_no}: a JSON object per line expected")
         records.append((line_no, record))
     if not records:
-        raise EvalInputError(f"benchmark file {path} holds no records")
+        raise UserError(f"benchmark file {path} holds no records")
     return records
 
 
@@ -95,7 +95,7 @@ def load_benchmark(path: str | Path, *, name: str | None = None, problem_key: st
     for index, (line_no, record) in enumerate(records[:limit]):
         for key, option in ((pkey, "--problem-key"), (akey, "--answer-key")):
             if record.get(key) in (None, ""):
-                raise EvalInputError(f"{path} line {line_no}: field {key!r} is missing or empty; fix the record "
+                raise UserError(f"{path} line {line_no}: field {key!r} is missing or empty; fix the record "
                                      f"or pass {option}")
         problems.append(Problem(benchmark=name or path.stem, source=path.name, index=index,
                                 problem=str(record[pkey]), answer=reference_text(record[akey])))
@@ -109,7 +109,7 @@ def load_benchmarks(specs: list[str], *, problem_key: str | None = None, answer_
     for spec in specs:
         name, path = parse_benchmark_spec(spec)
         if (name, path.name) in seen:
-            raise EvalInputError(f"--benchmark {spec}: {path.name} is given twice for benchmark {name}")
+            raise UserError(f"--benchmark {spec}: {path.name} is given twice for benchmark {name}")
         seen.add((name, path.name))
         problems += load_benchmark(path, name=name, problem_key=problem_key, answer_key=answer_key, limit=limit)
     return problems

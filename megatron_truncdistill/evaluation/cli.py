@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from megatron_truncdistill.evaluation.backends import BACKENDS, Sampling
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError, cli_main
 from megatron_truncdistill.evaluation.generate import DEFAULT_BATCH_SIZE, DEFAULT_PROMPT, GenerateConfig
 from megatron_truncdistill.evaluation.run_files import GRADES_FILE
 
@@ -73,9 +73,9 @@ def _generate(args: argparse.Namespace) -> None:
     sampling = Sampling(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                         max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.batch_size is not None and args.batch_size < 1:
-        raise EvalInputError(f"--batch-size {args.batch_size}: must be >= 1")
+        raise UserError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.limit is not None and args.limit < 1:
-        raise EvalInputError(f"--limit {args.limit}: must be >= 1")
+        raise UserError(f"--limit {args.limit}: must be >= 1")
     run_generate(GenerateConfig(
         model=args.model, benchmarks=args.benchmark, output=args.output, tokenizer=args.tokenizer,
         problem_key=args.problem_key, answer_key=args.answer_key, limit=args.limit,
@@ -102,11 +102,8 @@ def _compare(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        {"generate": _generate, "grade": _grade, "compare": _compare}[args.command](args)
-    except EvalInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    {"generate": _generate, "grade": _grade, "compare": _compare}[args.command](args)
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 from megatron_truncdistill.evaluation.run_files import GENERATIONS_FILE, GRADES_FILE, read_json, write_json_atomic
 
 
@@ -20,11 +20,11 @@ def load_run(path: str | Path) -> dict[str, dict]:
     path = Path(path)
     grades = path / GRADES_FILE if path.is_dir() else path
     if path.is_dir() and not grades.is_file() and (path / GENERATIONS_FILE).is_file():
-        raise EvalInputError(f"{path} has generations but no {GRADES_FILE}; run `truncdistill-evaluate grade "
+        raise UserError(f"{path} has generations but no {GRADES_FILE}; run `truncdistill-evaluate grade "
                              f"--generations {path / GENERATIONS_FILE} --output-json {grades}` first")
     payload = read_json(grades, what="grades file")
     if not isinstance(payload.get("pass@1"), dict):
-        raise EvalInputError(f"{grades}: no 'pass@1' table; it was not written by `truncdistill-evaluate grade`")
+        raise UserError(f"{grades}: no 'pass@1' table; it was not written by `truncdistill-evaluate grade`")
     return payload["pass@1"]
 
 
@@ -43,7 +43,7 @@ def compare_runs(paths: list[str], *, reference: str | None = None) -> dict:
     else:
         matches = [n for n, p in zip(names, paths) if reference in (n, p)]
         if not matches:
-            raise EvalInputError(f"--reference {reference}: not one of the runs ({', '.join(names)})")
+            raise UserError(f"--reference {reference}: not one of the runs ({', '.join(names)})")
         ref = matches[0]
     benchmarks = list(dict.fromkeys(b for summary in runs.values() for b in summary))
     rows, mean_retention = [], {}

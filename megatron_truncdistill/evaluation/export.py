@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 
 EXPORT_TIMEOUT_S = 6 * 3600
 
@@ -57,7 +57,7 @@ def _export_in_child(checkpoint: Path, out: Path, *, tokenizer: str | Path | Non
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S)
     if proc.returncode == 2:  # the child's one-line user error
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-        raise EvalInputError(f"--model {checkpoint}: " + (lines[-1][len("error: "):] if lines else proc.stderr))
+        raise UserError(f"--model {checkpoint}: " + (lines[-1][len("error: "):] if lines else proc.stderr))
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise RuntimeError(f"exporting {checkpoint} failed with exit code {proc.returncode} (output above)")
@@ -72,7 +72,7 @@ def _checkpoint_directory(path: Path) -> Path:
     try:
         return resolve_checkpoint(path)
     except FileNotFoundError:
-        raise EvalInputError(f"{path} is neither a HF model directory (config.json) nor a checkpoint of this "
+        raise UserError(f"{path} is neither a HF model directory (config.json) nor a checkpoint of this "
                              f"project (metadata.json, or a root/run directory with '{LATEST_FILE}')") from None
 
 
@@ -86,7 +86,7 @@ def _tokenizer_directory(directory: Path, tokenizer: str | None) -> str:
     if recorded and Path(recorded).is_dir():
         return recorded
     where = f"records {recorded}, which does not exist" if recorded else "records no tokenizer"
-    raise EvalInputError(f"checkpoint {directory} {where}; pass --tokenizer DIR (the HF tokenizer it was trained "
+    raise UserError(f"checkpoint {directory} {where}; pass --tokenizer DIR (the HF tokenizer it was trained "
                          "with)")
 
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         export_checkpoint(args.checkpoint, args.out_dir, tokenizer=args.tokenizer)
-    except (EvalInputError, ConversionError, FileNotFoundError, NotImplementedError) as err:
+    except (UserError, ConversionError, FileNotFoundError, NotImplementedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -28,7 +28,7 @@ from megatron_truncdistill.evaluation.backends import (
     resolve_device,
 )
 from megatron_truncdistill.evaluation.benchmarks import Problem, load_benchmarks
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 from megatron_truncdistill.evaluation.export import hf_model_dir
 from megatron_truncdistill.evaluation.grading import grade_generations, summary_table
 from megatron_truncdistill.evaluation.run_files import GRADES_FILE, GenerationsFile, check_settings
@@ -77,7 +77,7 @@ def render_prompts(tokenizer, problems: list[Problem], template: str) -> list[li
     ``<think>`` itself) ignore it.
     """
     if getattr(tokenizer, "chat_template", None) is None:
-        raise EvalInputError(f"tokenizer {tokenizer.name_or_path} has no chat template; pass --tokenizer with one")
+        raise UserError(f"tokenizer {tokenizer.name_or_path} has no chat template; pass --tokenizer with one")
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": template.replace("{problem}", p.problem)}],
                                            tokenize=False, add_generation_prompt=True, enable_thinking=True)
              for p in problems]
@@ -93,7 +93,7 @@ def stop_token_ids(model_dir: Path, tokenizer) -> set[int]:
         eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
         ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if not ids:
-        raise EvalInputError(f"{model_dir}: neither the tokenizer nor generation_config.json names an EOS token")
+        raise UserError(f"{model_dir}: neither the tokenizer nor generation_config.json names an EOS token")
     return ids
 
 
@@ -150,13 +150,13 @@ def run_generate(config: GenerateConfig) -> dict:
 
     config.sampling.validate()
     if "{problem}" not in config.prompt_template:
-        raise EvalInputError("--prompt-template must contain {problem}")
+        raise UserError("--prompt-template must contain {problem}")
     backend_name = resolve_backend(config.backend)
     device = resolve_device(config.device) if backend_name == "transformers" else None
     problems = load_benchmarks(config.benchmarks, problem_key=config.problem_key, answer_key=config.answer_key,
                                limit=config.limit)
     if not Path(config.model).exists():
-        raise EvalInputError(f"--model {config.model}: not found (a HF model directory or a checkpoint)")
+        raise UserError(f"--model {config.model}: not found (a HF model directory or a checkpoint)")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     cache = GenerationsFile(out)

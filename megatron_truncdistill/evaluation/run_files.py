@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 
 GENERATIONS_FILE = "generations.jsonl"
 SETTINGS_FILE = "run.json"
@@ -37,24 +37,24 @@ def write_json_atomic(path: str | Path, payload) -> None:
 def read_json(path: str | Path, *, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise EvalInputError(f"{what} {path} not found")
+        raise UserError(f"{what} {path} not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise EvalInputError(f"{path}: not JSON ({err.msg}); it is not a {what}") from None
+        raise UserError(f"{path}: not JSON ({err.msg}); it is not a {what}") from None
 
 
 def _parse_line(path: Path, line_no: int, line: str) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise EvalInputError(f"{path} line {line_no}: damaged record ({err.msg}); only a partial last line "
+        raise UserError(f"{path} line {line_no}: damaged record ({err.msg}); only a partial last line "
                              "is tolerated, so restore the file or start a new --output") from None
     missing = [f for f in RECORD_FIELDS if not isinstance(record, dict) or f not in record]
     if not missing and not isinstance(record["generations"], list):
         missing = ["generations (a list)"]
     if missing:
-        raise EvalInputError(f"{path} line {line_no}: not a generations record (missing {', '.join(missing)}); "
+        raise UserError(f"{path} line {line_no}: not a generations record (missing {', '.join(missing)}); "
                              f"expected fields {', '.join(RECORD_FIELDS)}")
     return record
 
@@ -63,7 +63,7 @@ def read_generations(path: str | Path) -> list[dict]:
     """The complete records of a generations file, in file order; a partial last line is ignored."""
     path = Path(path)
     if not path.is_file():
-        raise EvalInputError(f"generations file {path} not found")
+        raise UserError(f"generations file {path} not found")
     text = path.read_text(encoding="utf-8")
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # drop a line cut by a kill
     records, seen = [], {}
@@ -73,7 +73,7 @@ def read_generations(path: str | Path) -> list[dict]:
         record = _parse_line(path, line_no, line)
         key = record_key(record)
         if key in seen:
-            raise EvalInputError(f"{path} line {line_no}: {key} already appears on line {seen[key]}; the file "
+            raise UserError(f"{path} line {line_no}: {key} already appears on line {seen[key]}; the file "
                                  "was edited or two runs wrote to it at once")
         seen[key] = line_no
         records.append(record)
@@ -124,7 +124,7 @@ def check_settings(directory: str | Path, settings: dict, *, has_records: bool) 
         changed = [k for k in settings if previous.get(k) != settings[k]]
         if changed:
             k = changed[0]
-            raise EvalInputError(f"{path}: this directory was generated with {k}={previous.get(k)!r}, not "
+            raise UserError(f"{path}: this directory was generated with {k}={previous.get(k)!r}, not "
                                  f"{settings[k]!r}; rerun with the same settings to resume, or pass a new --output")
         return
     write_json_atomic(path, settings)

@@ -14,7 +14,7 @@ import torch
 from megatron_truncdistill.evaluation import backends
 from megatron_truncdistill.evaluation.backends import Sampling, TransformersBackend, VllmBackend, cut_at_stop
 from megatron_truncdistill.evaluation.cli import main
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 
 STOP = {7, 9}
 
@@ -130,9 +130,9 @@ def test_transformers_sampling_is_reproducible_per_seed(tiny_qwen3_dir):
 
 
 def test_out_of_range_sampling_names_the_option():
-    with pytest.raises(EvalInputError, match="--top-p 1.5"):
+    with pytest.raises(UserError, match="--top-p 1.5"):
         Sampling(top_p=1.5).validate()
-    with pytest.raises(EvalInputError, match="--n 0"):
+    with pytest.raises(UserError, match="--n 0"):
         Sampling(n=0).validate()
 
 

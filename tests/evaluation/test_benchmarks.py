@@ -9,7 +9,7 @@ import pytest
 
 from megatron_truncdistill.evaluation.benchmarks import load_benchmark, load_benchmarks
 from megatron_truncdistill.evaluation.cli import main
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 
 SIZES = {"math500": 500, "gsm8k_test": 1319, "aime24": 30, "aime25_I": 15, "aime25_II": 15, "amc23": 40}
 
@@ -50,7 +50,7 @@ def _write(path, lines):
 ])
 def test_bad_benchmark_files_name_the_file_line_and_key(tmp_path, lines, keys, expected):
     path = _write(tmp_path / "bench.jsonl", lines)
-    with pytest.raises(EvalInputError) as err:
+    with pytest.raises(UserError) as err:
         load_benchmark(path, **keys)
     assert str(path) in str(err.value) and all(e in str(err.value) for e in expected), str(err.value)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from megatron_truncdistill.evaluation.errors import EvalInputError
+from megatron_truncdistill.errors import UserError
 from megatron_truncdistill.evaluation.run_files import GenerationsFile, check_settings, read_generations
 
 
@@ -35,13 +35,13 @@ def test_damaged_middle_line_and_duplicates_are_refused(tmp_path):
     with open(cache.path, "a") as f:
         f.write("{broken\n")
     cache.append([_record(1)])
-    with pytest.raises(EvalInputError, match="line 2: damaged record"):
+    with pytest.raises(UserError, match="line 2: damaged record"):
         read_generations(cache.path)
     cache.path.write_text(json.dumps(_record(0)) + "\n" + json.dumps(_record(0)) + "\n")
-    with pytest.raises(EvalInputError, match="line 2: .* already appears on line 1"):
+    with pytest.raises(UserError, match="line 2: .* already appears on line 1"):
         read_generations(cache.path)
     cache.path.write_text(json.dumps({"benchmark": "b"}) + "\n")
-    with pytest.raises(EvalInputError, match="line 1: not a generations record"):
+    with pytest.raises(UserError, match="line 1: not a generations record"):
         read_generations(cache.path)
 
 
@@ -49,5 +49,5 @@ def test_settings_may_change_until_the_first_record(tmp_path):
     check_settings(tmp_path, {"model": "a", "n": 4}, has_records=False)
     check_settings(tmp_path, {"model": "b", "n": 4}, has_records=False)  # nothing generated yet: replaced
     check_settings(tmp_path, {"model": "b", "n": 4}, has_records=True)
-    with pytest.raises(EvalInputError, match="generated with n=4, not 8"):
+    with pytest.raises(UserError, match="generated with n=4, not 8"):
         check_settings(tmp_path, {"model": "b", "n": 8}, has_records=True)
