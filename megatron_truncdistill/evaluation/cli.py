@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--generations", required=True, help="a generations.jsonl")
     g.add_argument("--output-json", default=None, help=f"default: {GRADES_FILE} beside the generations")
     g.add_argument("--no-progress", action="store_true")
+    q = sub.add_parser("complete", help="print one completion of one prompt (a quick look at a model)")
+    q.add_argument("--model", required=True, help="HF model directory or a checkpoint of this project")
+    q.add_argument("--prompt", required=True, help="the user turn")
+    q.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
+    q.add_argument("--max-new-tokens", type=int, default=512)
+    q.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    q.add_argument("--top-p", type=float, default=1.0)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    q.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
     c = sub.add_parser("compare", help="pass@1 table across runs with retention vs a reference run")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or their grades.json)")
     c.add_argument("--reference", default=None, help="the reference run's name or path (default: the first)")
@@ -93,6 +103,15 @@ def _grade(args: argparse.Namespace) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def _complete(args: argparse.Namespace) -> None:
+    from megatron_truncdistill.evaluation.complete import complete
+
+    sampling = Sampling(n=1, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                        seed=args.seed)
+    print(complete(args.model, args.prompt, sampling=sampling, tokenizer=args.tokenizer, device=args.device,
+                   dtype=args.dtype))
+
+
 def _compare(args: argparse.Namespace) -> None:
     from megatron_truncdistill.evaluation.compare import compare_runs, markdown_table, write_comparison
 
@@ -105,5 +124,5 @@ def _compare(args: argparse.Namespace) -> None:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    {"generate": _generate, "grade": _grade, "compare": _compare}[args.command](args)
+    {"generate": _generate, "grade": _grade, "complete": _complete, "compare": _compare}[args.command](args)
     return 0
