@@ -122,7 +122,7 @@ def _check_conflicts(args: argparse.Namespace) -> None:
     if args.format == "fields" and not args.cot_key:
         raise PreprocessError("--format fields needs --cot-key (and usually --answer-key, --prompt-key)")
     if args.eod_token is not None and not args.append_eod:
-        raise PreprocessError(f"--eod-token {args.eod_token} needs --append-eod (it names the token --append-eod appends)")
+        raise PreprocessError(f"--eod-token {args.eod_token} needs --append-eod (it names the token that one appends)")
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:

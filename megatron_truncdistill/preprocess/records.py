@@ -115,7 +115,7 @@ def official_marker_mapping(text: str, spec: RecordSpec) -> str:
 
 
 def _split_bespoke(text: str, spec: RecordSpec) -> tuple[str, str, bool]:
-    """``<|begin_of_thought|>COT<|end_of_thought|> <|begin_of_solution|>ANSWER<|end_of_solution|>`` (default parsing)."""
+    """``<|begin_of_thought|>COT<|end_of_thought|><|begin_of_solution|>ANSWER<|end_of_solution|>``, default parsing."""
     _check_one_block(text, BESPOKE[0], BESPOKE[1])
     if spec.think_open in text or spec.think_close in text:
         raise _RecordError("multiple_thinking_blocks", f"both {BESPOKE[0]} and {spec.think_open} markers")

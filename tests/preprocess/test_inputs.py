@@ -146,7 +146,7 @@ def test_responses_without_one_faithful_thinking_block_are_rejected(tmp_path, tr
 
 
 def test_a_lone_surrogate_rejects_its_record_not_the_run(tmp_path, traces, preprocess):
-    """``"\\ud800"`` is valid JSON but no Unicode text: the tokenizer raised and the whole run died ("internal error")."""
+    """``"\\ud800"`` is valid JSON but no Unicode text: the tokenizer raised, the whole run died ("internal error")."""
     lines = ['{"prompt": "q", "full_response": "<think>half a pair \\ud800 here</think>a"}',
              '{"prompt": "q", "full_response": "<think>a real pair \\ud83d\\ude00</think>a"}']
     prefix, manifest = preprocess([traces.write_jsonl(tmp_path / "s.jsonl", lines)])

@@ -216,7 +216,7 @@ def test_paper_lead_span_holds_one_to_three_more_tokens_than_floor(corpora, qwen
 
 def test_paper_drops_the_system_prompt_default_renders_it(corpora, qwen3_dir, preprocess, qwen3):
     src, _ = corpora["conversations"]
-    rows = [json.loads(line) for line in open(src)][:2]
+    rows = [json.loads(line) for line in Path(src).read_text().splitlines()][:2]
     one = Path(src).with_name("two.jsonl")
     one.write_text("".join(json.dumps(r) + "\n" for r in rows))
     default_prefix, _ = preprocess([one], name="default")
