@@ -172,10 +172,14 @@ def _corrupt_gzip(path: Path, payload: bytes) -> Path:
     return path
 
 
-def test_damaged_inputs_are_one_line_naming_the_file(run_cli, tmp_path, good_file):
+def test_corrupt_gzip_is_one_line_naming_the_file(run_cli, tmp_path, good_file):
     bad_gz = _corrupt_gzip(tmp_path / "bad.jsonl.gz", good_file.read_bytes() * 50)
     code, err = run_cli("--input", bad_gz)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad_gz}: cannot be read ("), err
+    assert _no_output(tmp_path)
+
+
+def test_empty_input_file_is_one_line_naming_it(run_cli, tmp_path, good_file):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     code, err = run_cli("--input", good_file, empty)
