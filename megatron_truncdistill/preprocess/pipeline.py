@@ -111,7 +111,8 @@ def _exit_with_parent(parent_pid: int) -> None:
     """A worker must not outlive its parent: ``kill -9`` of the run runs no cleanup, and the pool's queues keep an
     orphaned worker (and, through it, multiprocessing's resource tracker) waiting forever. On Linux the kernel sends
     SIGKILL when the parent dies (PR_SET_PDEATHSIG); a watchdog thread covers other platforms, and the check after
-    prctl covers a parent that died before it ran."""
+    prctl covers a parent that died before it ran. (The kernel signal follows the parent *thread* that spawned the
+    worker: ``ordered_results`` creates, feeds and shuts down its pool in one thread, the one iterating it.)"""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:
