@@ -21,7 +21,6 @@ ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant"
                 "system": "system", "tool": "tool"}
 BESPOKE = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>")
 RECORD_FORMATS = ("auto", "conversation", "prompt-response", "fields")
-PARSINGS = ("default", "official")
 
 
 @dataclass(frozen=True)
