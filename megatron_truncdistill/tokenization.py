@@ -155,6 +155,20 @@ class ChatTokenizer(ABC):
         }
 
 
+def _read_config(config_file: Path) -> dict:
+    """``tokenizer_config.json`` as a dict ({} when absent); a damaged file is a TokenizerError naming it."""
+    if not config_file.is_file():
+        return {}
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TokenizerError(f"{config_file}: not valid JSON ({err}); restore the file from the model's "
+                             "repository") from err
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{config_file}: holds a {type(config).__name__}, expected a JSON object")
+    return config
+
+
 def _token_content(value) -> str | None:
     """tokenizer_config.json writes special tokens as strings or as ``{"content": ...}`` dicts."""
     if isinstance(value, dict):
@@ -172,10 +186,13 @@ class HFTokenizer(ChatTokenizer):
         tok_file = root / "tokenizer.json"
         if not tok_file.is_file():
             raise TokenizerError(f"{root}: no tokenizer.json; pass a Hugging Face tokenizer directory or a .model file")
-        config_file = root / "tokenizer_config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        config = _read_config(root / "tokenizer_config.json")
         self.kind, self.path = "hf", str(root.resolve())
-        self._tok = Tokenizer.from_file(str(tok_file))
+        try:
+            self._tok = Tokenizer.from_file(str(tok_file))
+        except Exception as err:  # the Rust library raises a bare Exception for every parse error
+            raise TokenizerError(f"{tok_file}: not a valid tokenizer.json ({err}); restore the file from the "
+                                 "model's repository") from err
         self._vocab_files = (tok_file,)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         specials = {k: _token_content(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
@@ -190,7 +207,10 @@ class HFTokenizer(ChatTokenizer):
             return CHAT_FORMATS[chat_format], chat_format
         jinja_file = root / "chat_template.jinja"
         if jinja_file.is_file():
-            return jinja_file.read_text(encoding="utf-8"), jinja_file.name
+            try:
+                return jinja_file.read_text(encoding="utf-8"), jinja_file.name
+            except UnicodeDecodeError as err:
+                raise TokenizerError(f"{jinja_file}: not UTF-8 text ({err}); restore the file") from err
         template = config.get("chat_template")
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
             template = {t.get("name"): t.get("template") for t in template}.get("default")
@@ -234,7 +254,10 @@ class SentencePieceTokenizer(ChatTokenizer):
         if chat_format is None:
             raise TokenizerError(f"{model}: a SentencePiece model has no chat template; pass --chat-format chatml")
         self.kind, self.path = "sentencepiece", str(model.resolve())
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+        except (OSError, RuntimeError) as err:
+            raise TokenizerError(f"{model}: not a valid SentencePiece model ({err}); restore the file") from err
         self._vocab_files = (model,)
         self.vocab_size = self._sp.get_piece_size()
         self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else None

@@ -6,7 +6,6 @@ RNG differently, so seeds alone would not give equal weights).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import yaml
@@ -20,10 +19,9 @@ TINY_YAML = REPO / "examples" / "tiny_cpu.yaml"
 
 
 def preprocess_main():
-    spec = importlib.util.spec_from_file_location("preprocess_cli", REPO / "tools" / "preprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from megatron_truncdistill.preprocess.cli import main
+
+    return main
 
 
 def make_tiny_bins(root: Path, *, records: int = 96, lsp: str = "1.0", seed: int = 7) -> tuple[str, str]:

@@ -17,12 +17,16 @@ import numpy as np
 
 from megatron_truncdistill.preprocess.readers import RawRecord
 from megatron_truncdistill.preprocess.records import RecordSpec, Reject, Trace, normalize
-from megatron_truncdistill.preprocess.rendering import Rendered, probe_layout, render_trace
+from megatron_truncdistill.preprocess.rendering import (AssistantLayout, Rendered, generation_prompt_tokens,
+                                                       probe_layout, render_trace)
 from megatron_truncdistill.preprocess.truncation import TruncationPolicy, truncate
 from megatron_truncdistill.sections import Section
-from megatron_truncdistill.tokenization import ChatTokenizer, load_tokenizer
+from megatron_truncdistill.tokenization import ChatTokenizer, TokenizerError, load_tokenizer
 
 _SECTION_CODES = np.array([Section.PROMPT, Section.COT, Section.ANSWER], dtype=np.uint8)
+# Section code of an appended end-of-document token: no Section, so the trainer gives it no loss and no statistic.
+# Equal to data.samples.PAD_SECTION (a test holds them equal; that module imports torch, which workers must not).
+EOD_SECTION = 255
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Job:
     spec: RecordSpec
     policy: TruncationPolicy
     filters: FilterConfig
+    append_eod: bool = False  # one end-of-document token after each document (Megatron-LM's --append-eod)
+    eod_token: str | None = None  # its text; None: the tokenizer's EOS token
 
 
 @dataclass
@@ -106,6 +112,33 @@ def cached_tokenizer(path: str, chat_format: str | None) -> ChatTokenizer:
     return _cached_tokenizer(path, chat_format, os.stat(path).st_mtime_ns if os.path.exists(path) else 0)
 
 
+def resolve_eod(tok: ChatTokenizer, job: Job, layout: AssistantLayout) -> tuple[str, int] | None:
+    """(text, id) of the token appended after each document, or None; fatal problems raise TokenizerError.
+
+    Megatron-LM's GPTDataset finds document boundaries by this id (``reset_attention_mask``, ``eod_mask_loss``), so
+    it must not occur inside documents: a token the chat template itself writes (Qwen3's EOS ``<|im_end|>`` ends
+    every turn) is refused, since every turn end would become a document boundary.
+    """
+    if not job.append_eod:
+        return None
+    if job.eod_token is None:
+        if tok.eos_id is None:
+            raise TokenizerError(f"{tok.path}: --append-eod: the tokenizer names no EOS token; pass --eod-token TEXT")
+        text, eod = tok.decode([tok.eos_id]), tok.eos_id
+    else:
+        text, eod = job.eod_token, tok.token_id(job.eod_token)
+        if eod is None:
+            raise TokenizerError(f"--eod-token {text!r}: not a single token of {tok.path}; pass one special token")
+    scaffolding = tok.render_chat([{"role": "user", "content": "u"}], add_generation_prompt=True) + (
+        layout.open_text + "c" + layout.close_text + "a" + layout.turn_end)
+    if eod in tok.encode_batch([scaffolding])[0].ids:
+        other = tok.decode([tok.pad_id]) if tok.pad_id is not None and tok.pad_id != eod else None
+        raise TokenizerError(f"--append-eod: {text!r} (id {eod}) is written by the chat template into every document, "
+                             "so Megatron-LM's reset_attention_mask would cut documents at each turn; pass --eod-token "
+                             + (f"{other!r} (the pad token)" if other else "with a token the template does not write"))
+    return text, eod
+
+
 class DocumentProcessor:
     """Holds a tokenizer and the chat layout; ``process`` turns a chunk of raw records into written docs + rejects."""
 
@@ -113,6 +146,9 @@ class DocumentProcessor:
         self.job = job
         self.tok = cached_tokenizer(job.tokenizer, job.chat_format)
         self.layout = probe_layout(self.tok, think_open=job.spec.think_open, think_close=job.spec.think_close)
+        # tokens whole-sequence spans count after each document (the official generation prompt), not written
+        self.tail = generation_prompt_tokens(self.tok) if job.policy.count_generation_prompt else 0
+        self.eod = resolve_eod(self.tok, job, self.layout)
 
     def _render(self, record: RawRecord) -> Rendered | Reject:
         row = parse_payload(record)
@@ -126,9 +162,11 @@ class DocumentProcessor:
             rendered = render_trace(self.tok, self.layout, trace)
         except Exception as err:  # a template's raise_exception or a jinja error on this record's turns
             return Reject("chat_template_error", str(err))
+        if isinstance(rendered, Reject):
+            return rendered
         if len(rendered.text) > self.job.filters.max_record_chars:
             return Reject("record_too_long", f"{len(rendered.text)} rendered chars > --max-record-chars")
-        return rendered
+        return _valid_unicode(rendered)
 
     def _filter(self, n: int, counts: np.ndarray) -> Reject | None:
         f = self.job.filters
@@ -170,14 +208,31 @@ class DocumentProcessor:
 
     def _keep(self, ids: np.ndarray, counts: np.ndarray, stats: Stats) -> Reject | tuple[np.ndarray, np.ndarray]:
         sections = np.repeat(_SECTION_CODES, counts)  # [n] uint8, sections are contiguous and in order
-        kept_ids, kept_sections = truncate(self.job.policy, ids, sections)
+        kept_ids, kept_sections = truncate(self.job.policy, ids, sections, tail=self.tail)
         if kept_ids.size == 0:
             return Reject("empty_after_truncation", f"the {self.job.policy.kind} policy keeps no token")
+        if self.eod is not None and np.any(kept_ids == self.eod[1]):
+            return Reject("eod_in_document", f"the text holds the end-of-document token {self.eod[0]!r}; "
+                          "it would split the document in Megatron-LM's GPTDataset")
         stats.tokens_before += counts
         stats.tokens_after += np.bincount(kept_sections, minlength=3)
+        if self.eod is not None:
+            kept_ids = np.append(kept_ids, self.eod[1])  # [k + 1]
+            kept_sections = np.append(kept_sections, np.uint8(EOD_SECTION))
         stats.source_lengths[int(ids.size).bit_length()] += 1
         stats.written_lengths[int(kept_ids.size).bit_length()] += 1
         return kept_ids, kept_sections
+
+
+def _valid_unicode(rendered: Rendered) -> Rendered | Reject:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``): such a string cannot be encoded for the tokenizer, and
+    must cost one reject, not the run. Encoding is ~1,000× cheaper than tokenizing the same text."""
+    try:
+        rendered.text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return Reject("invalid_utf8", f"lone surrogate U+{ord(rendered.text[err.start]):04X} (half of a \\u escaped "
+                      "UTF-16 pair) in the record's text; fix the escape")
+    return rendered
 
 
 def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:

@@ -8,19 +8,22 @@ flight, which bounds memory whatever the corpus size (``Pool.imap`` would read t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import itertools
 import multiprocessing as mp
+import os
 import signal
 import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from megatron_truncdistill.preprocess.document import ChunkResult, DocumentProcessor, Job, Stats
+from megatron_truncdistill.preprocess.document import EOD_SECTION, ChunkResult, DocumentProcessor, Job, Stats
 from megatron_truncdistill.preprocess.manifest import build_manifest
 from megatron_truncdistill.preprocess.readers import (InputError, RawRecord, Reader, expand_inputs, file_sha256,
                                                      input_files)
@@ -42,6 +45,7 @@ class PreprocessConfig:
     inputs: list[str]
     output_prefix: str
     job: Job
+    protocol: str = "default"  # the --protocol preset the job was built with (recorded in the manifest)
     workers: int = 1
     chunk_docs: int = 64  # records per worker task: large enough to amortize IPC, small enough to keep order cheap
     strict: bool = False  # any reject fails the run (and writes nothing)
@@ -100,9 +104,32 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-def _init_worker(job: Job) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive its parent: ``kill -9`` of the run runs no cleanup, and the pool's queues keep an
+    orphaned worker (and, through it, multiprocessing's resource tracker) waiting forever. On Linux the kernel sends
+    SIGKILL when the parent dies (PR_SET_PDEATHSIG); a watchdog thread covers other platforms, and the check after
+    prctl covers a parent that died before it ran. (The kernel signal follows the parent *thread* that spawned the
+    worker: ``ordered_results`` creates, feeds and shuts down its pool in one thread, the one iterating it.)"""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:  # an orphan is re-parented, so its parent pid changes
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _init_worker(job: Job, parent_pid: int) -> None:
     global _WORKER  # one processor per worker process, built once (tokenizer load + template probe)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also when spawned outside _sigint_ignored (not the main thread)
+    _exit_with_parent(parent_pid)
     _WORKER = DocumentProcessor(job)
 
 
@@ -122,7 +149,7 @@ def ordered_results(processor: DocumentProcessor, chunks: Iterable[list[RawRecor
         return
     # spawn, not fork: the parent holds torch/megatron state that children must not inherit.
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(processor.job,))
+                               initargs=(processor.job, os.getpid()))
     try:
         pending: deque = deque()
         chunks = iter(chunks)
@@ -134,6 +161,9 @@ def ordered_results(processor: DocumentProcessor, chunks: Iterable[list[RawRecor
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    except BrokenProcessPool as err:
+        raise PreprocessError(f"a worker process died ({err}), most likely killed by the system for lack of memory; "
+                              "rerun with fewer --workers or a smaller --chunk-docs") from err
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -181,7 +211,18 @@ def _open(cfg: PreprocessConfig) -> tuple[list, DocumentProcessor, Reader, "Data
         writer = DatasetWriter(cfg.output_prefix, vocab_size=probe.tok.vocab_size, overwrite=cfg.overwrite)
     except OutputError as err:
         raise PreprocessError(str(err)) from err
+    for stale in writer.removed_stale if cfg.progress else ():
+        print(f"removed {stale}: the partial output of a killed run to this prefix", file=sys.stderr)
     return paths, probe, reader, writer
+
+
+def _settings(cfg: PreprocessConfig, probe: DocumentProcessor) -> dict:
+    """The manifest's record of how the documents were made (README.md here: the manifest's fields)."""
+    eod = None if probe.eod is None else {"token": probe.eod[0], "id": probe.eod[1], "section_code": EOD_SECTION}
+    return {"protocol": cfg.protocol, "chat_layout": probe.layout.to_json(),
+            "records": dataclasses.asdict(cfg.job.spec),
+            "truncation": {**cfg.job.policy.to_json(), "generation_prompt_tokens": probe.tail},
+            "filters": dataclasses.asdict(cfg.job.filters), "eod": eod}
 
 
 def run(cfg: PreprocessConfig) -> dict:
@@ -190,10 +231,8 @@ def run(cfg: PreprocessConfig) -> dict:
     paths, probe, reader, writer = _open(cfg)
     try:
         stats = _stream(cfg, probe, reader, writer)
-        settings = {"chat_layout": probe.layout.to_json(), "records": dataclasses.asdict(cfg.job.spec),
-                    "truncation": cfg.job.policy.to_json(), "filters": dataclasses.asdict(cfg.job.filters)}
-        manifest = build_manifest(inputs=_describe_inputs(paths), tok=probe.tok, settings=settings, stats=stats,
-                                  wall_s=time.perf_counter() - start, workers=cfg.workers,
+        manifest = build_manifest(inputs=_describe_inputs(paths), tok=probe.tok, settings=_settings(cfg, probe),
+                                  stats=stats, wall_s=time.perf_counter() - start, workers=cfg.workers,
                                   token_dtype=writer.token_dtype.__name__)
         writer.commit(manifest)
         return manifest

@@ -13,11 +13,14 @@ import gzip
 import hashlib
 import io
 import json
+import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 ARROW_BATCH_ROWS = 1024
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class InputError(Exception):
@@ -89,12 +92,18 @@ class Reader:
 
     def __iter__(self) -> Iterator[RawRecord]:
         for path in self.paths:
+            records = 0
             try:
-                yield from self._records(path)
+                for record in self._records(path):
+                    records += 1
+                    yield record
             except InputError:
                 raise
-            except (OSError, EOFError, ValueError) as err:  # unreadable, truncated or corrupt compressed streams
+            except _read_errors() as err:  # unreadable, truncated or corrupt compressed streams
                 raise InputError(f"{path}: cannot be read ({err}); check the file is complete and readable") from err
+            if records == 0:
+                raise InputError(f"{path}: empty input (no records); remove it from --input or check that the file "
+                                 "was written completely")
             self._base += sum(f.stat().st_size for f in input_files(path))
             self.bytes_done = self._base
 
@@ -110,8 +119,9 @@ class Reader:
     def _json(self, path: Path) -> Iterator[RawRecord]:
         with open(path, "rb") as raw:
             stream = _decompress(raw, path)
-            first = stream.peek(64).lstrip()[:1] if hasattr(stream, "peek") else b""
-            if first == b"[":
+            if stream.peek(len(UTF8_BOM)).startswith(UTF8_BOM):  # editors on Windows write one; it is not data
+                stream.read(len(UTF8_BOM))
+            if stream.peek(64).lstrip()[:1] == b"[":
                 yield from _json_array(stream, str(path))
                 return
             for lineno, line in enumerate(stream, 1):
@@ -138,6 +148,15 @@ class Reader:
                 for item in batch.to_pylist():
                     yield RawRecord(str(path), row, "row", item)
                     row += 1
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged input raises while it is read: OS errors (gzip's BadGzipFile is one), truncated streams
+    (EOFError), corrupt deflate data (zlib.error, not an OSError), corrupt zstd frames, and Arrow's errors."""
+    errors: list[type[BaseException]] = [OSError, EOFError, ValueError, zlib.error]
+    if "zstandard" in sys.modules:  # imported by _decompress only when a .zst input is read
+        errors.append(sys.modules["zstandard"].ZstdError)
+    return tuple(errors)
 
 
 def _decompress(raw: io.BufferedReader, path: Path) -> io.BufferedReader:

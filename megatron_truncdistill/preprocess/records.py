@@ -20,14 +20,16 @@ RESPONSE_KEYS = ("full_response", "response", "output", "completion", "generatio
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "system": "system", "tool": "tool"}
 BESPOKE = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>")
+RECORD_FORMATS = ("auto", "conversation", "prompt-response", "fields")
 
 
 @dataclass(frozen=True)
 class Trace:
     """A normalized reasoning trace.
 
-    prompt: the turns before the target assistant turn, ``[{"role", "content"}]``, system first when present.
-    cot / answer: the thinking and the final answer, stripped of markers and surrounding whitespace.
+    prompt: the turns before the target assistant turn, ``[{"role", "content"}]`` (assistant turns may also hold
+        ``tool_calls``), system first when present.
+    cot / answer: the thinking and the final answer, without markers (trimmed as ``RecordSpec.parsing`` says).
     thinking_closed: False when the response was cut off inside the thinking (then ``answer`` is empty).
     """
 
@@ -35,6 +37,10 @@ class Trace:
     cot: str
     answer: str
     thinking_closed: bool
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return any("tool_calls" in message for message in self.prompt)
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,9 @@ class Reject:
 
 @dataclass(frozen=True)
 class RecordSpec:
-    """How to read records; every field maps to a CLI option of the same name."""
+    """How to read records; every field but the protocol's (``drop_system``, ``parsing``) has a CLI option."""
 
-    format: str = "auto"  # auto | conversation | prompt-response | fields
+    format: str = "auto"  # one of RECORD_FORMATS
     prompt_key: str | None = None
     response_key: str | None = None
     cot_key: str | None = None
@@ -58,6 +64,11 @@ class RecordSpec:
     think_open: str = "<think>"
     think_close: str = "</think>"
     implicit_think_open: bool = False  # a response with no marker at all is thinking that was never closed
+    drop_system: bool = False  # the top-level system field and system turns are not rendered (--protocol paper)
+    # "default": CoT and answer lose surrounding whitespace; Bespoke markers are cut out. "official" (--protocol
+    # paper): the official pipeline's text: Bespoke markers mapped by its string replacements, then CoT and answer
+    # cut as Qwen3's chat template (the paper's models) cuts an assistant message: newlines trimmed, nothing else.
+    parsing: str = "default"
 
 
 class _RecordError(Exception):
@@ -77,27 +88,101 @@ def _text(row: dict, key: str, *, required: bool = True) -> str:
     return value
 
 
+def _check_one_block(text: str, open_marker: str, close_marker: str) -> None:
+    """A response holds at most one thinking block, opened before it is closed; anything else is rejected.
+
+    Tagging a second block as ANSWER would teach the student to think again after answering, and a closing marker
+    before the opening one leaves no consistent split: neither has a faithful section layout.
+    """
+    opens, closes = text.count(open_marker), text.count(close_marker)
+    if opens > 1 or closes > 1:
+        raise _RecordError("multiple_thinking_blocks", f"{opens} × {open_marker} and {closes} × {close_marker}; "
+                           "a response must hold one thinking block")
+    if opens and closes and text.index(close_marker) < text.index(open_marker):
+        raise _RecordError("misordered_thinking_markers", f"{close_marker} at char {text.index(close_marker)} "
+                           f"comes before {open_marker} at char {text.index(open_marker)}")
+
+
+def official_marker_mapping(text: str, spec: RecordSpec) -> str:
+    """The official pipeline's rewrite of Bespoke-Stratos/OpenThoughts/Sky-T1 markers into thinking markers.
+
+    The solution markers are removed only together with the blank line on their inner side (other spacings stay in
+    the text, as they do there); the thought markers become ``spec.think_open``/``think_close``.
+    """
+    text = text.replace(BESPOKE[2] + "\n\n", "").replace("\n\n" + BESPOKE[3], "")
+    return text.replace(BESPOKE[0], spec.think_open).replace(BESPOKE[1], spec.think_close)
+
+
+def _split_bespoke(text: str, spec: RecordSpec) -> tuple[str, str, bool]:
+    """``<|begin_of_thought|>COT<|end_of_thought|><|begin_of_solution|>ANSWER<|end_of_solution|>``, default parsing."""
+    _check_one_block(text, BESPOKE[0], BESPOKE[1])
+    if spec.think_open in text or spec.think_close in text:
+        raise _RecordError("multiple_thinking_blocks", f"both {BESPOKE[0]} and {spec.think_open} markers")
+    head, opened, rest = text.partition(BESPOKE[0])
+    if not opened:  # only the end marker: the thinking was opened by the prompt, as with a bare </think>
+        head, rest = "", text
+    if head.strip():
+        raise _RecordError("text_before_thinking", f"{len(head.strip())} chars before {BESPOKE[0]}")
+    cot, closed, after = rest.partition(BESPOKE[1])
+    if not closed:
+        return cot.strip(), "", False
+    answer = after.split(BESPOKE[2], 1)[-1].split(BESPOKE[3], 1)[0]
+    return cot.strip(), answer.strip(), True
+
+
 def split_thinking(text: str, spec: RecordSpec) -> tuple[str, str, bool]:
-    """Split an assistant text into (cot, answer, thinking_closed); raises _RecordError without any thinking."""
-    if BESPOKE[0] in text:
-        head, _, rest = text.partition(BESPOKE[0])
-        if head.strip():
-            raise _RecordError("text_before_thinking", f"{len(head.strip())} chars before {BESPOKE[0]}")
-        cot, closed, after = rest.partition(BESPOKE[1])
-        if not closed:
-            return cot.strip(), "", False
-        answer = after.split(BESPOKE[2], 1)[-1].split(BESPOKE[3], 1)[0]
-        return cot.strip(), answer.strip(), True
+    """Split an assistant text into (cot, answer, thinking_closed); raises _RecordError for unusable responses."""
+    official = spec.parsing == "official"
+    if official:
+        text = official_marker_mapping(text, spec)
+    elif BESPOKE[0] in text or BESPOKE[1] in text:
+        cot, answer, closed = _split_bespoke(text, spec)
+        return _nonempty(cot, answer, closed)
     opened, closed = spec.think_open in text, spec.think_close in text
     if not opened and not closed and not spec.implicit_think_open:
         raise _RecordError("missing_thinking", f"no {spec.think_open} or {spec.think_close} in the response "
                            "(pass --implicit-think-open for R1-Distill responses whose prompt opens the thinking)")
+    _check_one_block(text, spec.think_open, spec.think_close)
     body, _, answer = text.partition(spec.think_close)  # body is the whole text when thinking never closed
     if spec.think_open in body:
         head, _, body = body.partition(spec.think_open)
         if head.strip():
             raise _RecordError("text_before_thinking", f"{len(head.strip())} chars before {spec.think_open}")
-    return body.strip(), answer.strip(), closed
+    if official:  # what Qwen3's template keeps of an assistant message: newlines trimmed, other whitespace kept
+        return _nonempty(body.strip("\n"), answer.lstrip("\n"), closed)
+    return _nonempty(body.strip(), answer.strip(), closed)
+
+
+def _nonempty(cot: str, answer: str, closed: bool) -> tuple[str, str, bool]:
+    if not cot.strip() and not answer.strip():
+        raise _RecordError("empty_response", "the response holds thinking markers but no thinking and no answer")
+    return cot, answer, closed
+
+
+def _tool_calls(turn: dict, where: str) -> dict:
+    """``tool_calls`` of an assistant turn, passed to the chat template (which renders them or is refused later)."""
+    calls = turn.get("tool_calls")
+    if calls is None:
+        return {}
+    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        raise _RecordError("wrong_type", f"{where}.tool_calls must be a list of objects")
+    return {"tool_calls": calls} if calls else {}
+
+
+def _turn(turn, where: str, spec: RecordSpec) -> dict:
+    """One ``{from, value}`` / ``{role, content}`` turn → ``{"role", "content"[, "tool_calls"]}``."""
+    if not isinstance(turn, dict):
+        raise _RecordError("wrong_type", f"{where} is {type(turn).__name__}, expected object")
+    role = turn.get("role", turn.get("from"))
+    content = turn.get("content", turn.get("value"))
+    if role not in ROLE_ALIASES or not isinstance(content, str):
+        raise _RecordError("wrong_type", f"{where} needs role/from in {sorted(ROLE_ALIASES)} and string content/value")
+    message = {"role": ROLE_ALIASES[role], "content": content}
+    if message["role"] == "assistant":
+        if spec.parsing == "official":  # earlier assistant turns get the same marker rewrite as the target turn
+            message["content"] = official_marker_mapping(content, spec)
+        message.update(_tool_calls(turn, where))
+    return message
 
 
 def _conversation(row: dict, spec: RecordSpec) -> Trace:
@@ -106,18 +191,17 @@ def _conversation(row: dict, spec: RecordSpec) -> Trace:
     if not isinstance(turns, list) or not turns:
         raise _RecordError("wrong_type", f"field {key!r} must be a non-empty list of turns")
     messages = list(_system_turn(row, spec))
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise _RecordError("wrong_type", f"{key}[{i}] is {type(turn).__name__}, expected object")
-        role = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value"))
-        if role not in ROLE_ALIASES or not isinstance(content, str):
-            raise _RecordError("wrong_type", f"{key}[{i}] needs role/from in {sorted(ROLE_ALIASES)} and string "
-                               "content/value")
-        messages.append({"role": ROLE_ALIASES[role], "content": content})
-    if messages[-1]["role"] != "assistant":
-        raise _RecordError("no_assistant_turn", f"the last turn of {key!r} is {messages[-1]['role']!r}")
-    return _trace(tuple(messages[:-1]), messages[-1]["content"], spec)
+    messages += [_turn(turn, f"{key}[{i}]", spec) for i, turn in enumerate(turns)]
+    if spec.drop_system:
+        messages = [m for m in messages if m["role"] != "system"]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise _RecordError("no_assistant_turn", f"the last turn of {key!r} is "
+                           f"{messages[-1]['role'] if messages else 'system'!r}")
+    target = messages[-1]
+    if "tool_calls" in target:
+        raise _RecordError("tool_calls_in_response", f"the last turn of {key!r} calls tools; the target turn is "
+                           "written as thinking + answer, so a tool-calling turn cannot be a target")
+    return _trace(tuple(messages[:-1]), target["content"], spec)
 
 
 def _trace(prompt: tuple[dict, ...], response: str, spec: RecordSpec) -> Trace:
@@ -130,6 +214,8 @@ def _trace(prompt: tuple[dict, ...], response: str, spec: RecordSpec) -> Trace:
 
 
 def _system_turn(row: dict, spec: RecordSpec) -> tuple[dict, ...]:
+    if spec.drop_system:
+        return ()
     system = _text(row, spec.system_key, required=False)
     return ({"role": "system", "content": system},) if system.strip() else ()
 

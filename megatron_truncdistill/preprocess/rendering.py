@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from megatron_truncdistill.preprocess.records import Trace
+from megatron_truncdistill.preprocess.records import Reject, Trace
 from megatron_truncdistill.tokenization import ChatTokenizer, TokenizerError
 
 _PROBE_USER, _PROBE_COT, _PROBE_ANSWER = "Probe-user-q7Z", "Probe-cot-q7Z", "Probe-answer-q7Z"
@@ -89,9 +89,44 @@ def probe_layout(tok: ChatTokenizer, *, think_open: str = "<think>", think_close
                            think_open, think_close, cot_at >= 0)
 
 
-def render_trace(tok: ChatTokenizer, layout: AssistantLayout, trace: Trace) -> Rendered:
-    """Render one trace; a trace whose thinking never closed ends after its CoT (no close marker, no turn end)."""
+def generation_prompt_tokens(tok: ChatTokenizer) -> int:
+    """Tokens the template's generation prompt adds after a complete conversation.
+
+    The official pipeline renders every trace with ``add_generation_prompt=True``, so its sequences end with this
+    prompt (Qwen3: ``<|im_start|>assistant\\n``, 3 tokens) and its lead spans and windows are counted over it.
+    Raises TemplateError when the prompt is not a separately tokenized suffix (then no per-document count exists).
+    """
+    chat = [{"role": "user", "content": _PROBE_USER},
+            {"role": "assistant", "content": f"<think>\n{_PROBE_COT}\n</think>\n\n{_PROBE_ANSWER}"}]
+    full = tok.render_chat(chat, add_generation_prompt=False)
+    with_prompt = tok.render_chat(chat, add_generation_prompt=True)
+    if not with_prompt.startswith(full):
+        raise TemplateError(f"{tok.path}: the generation prompt is not a suffix of the rendered chat; "
+                            "--protocol paper cannot count it: use --protocol default")
+    full_ids, with_ids, tail_ids = (e.ids.tolist() for e in tok.encode_batch([full, with_prompt,
+                                                                              with_prompt[len(full):]]))
+    if with_ids != full_ids + tail_ids:
+        raise TemplateError(f"{tok.path}: the generation prompt's tokens depend on the text before it; "
+                            "--protocol paper cannot count it: use --protocol default")
+    return len(tail_ids)
+
+
+def _prompt_text(tok: ChatTokenizer, trace: Trace) -> str | Reject:
+    """The prompt turns with the generation prompt; a template that ignores ``tool_calls`` is refused per record."""
     prompt = tok.render_chat(list(trace.prompt), add_generation_prompt=True)
+    if trace.has_tool_calls:
+        bare = [{k: v for k, v in m.items() if k != "tool_calls"} for m in trace.prompt]
+        if tok.render_chat(bare, add_generation_prompt=True) == prompt:
+            return Reject("tool_calls_not_rendered", "an assistant turn has tool_calls but the chat template "
+                          "ignores them (they would be silently lost); use a template that renders tool calls")
+    return prompt
+
+
+def render_trace(tok: ChatTokenizer, layout: AssistantLayout, trace: Trace) -> Rendered | Reject:
+    """Render one trace; a trace whose thinking never closed ends after its CoT (no close marker, no turn end)."""
+    prompt = _prompt_text(tok, trace)
+    if isinstance(prompt, Reject):
+        return prompt
     cot_body = prompt + layout.open_text
     if layout.think_open in layout.open_text:
         cot_start = len(prompt) + layout.open_text.index(layout.think_open)

@@ -8,18 +8,22 @@ Files per PREFIX (specified in README.md next to this module):
 
 Everything is first written into a hidden ``.NAME.partial-PID`` directory beside the prefix (same filesystem, so the
 final renames are atomic); an interrupted or failed run removes that directory and leaves no file under a final name.
+A run killed with SIGKILL cannot clean up: the next run to the same prefix removes such directories once their
+writer (recorded in ``writer.json``: pid, host, process start time) is gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
+import warnings
 from pathlib import Path
 
-import warnings
-
 import numpy as np
+import psutil
 import torch
 
 with warnings.catch_warnings():  # megatron.core's package import warns about TE/Apex, irrelevant to writing bins
@@ -42,6 +46,49 @@ def output_files(prefix: str) -> dict[str, Path]:
     }
 
 
+_WRITER_FILE = "writer.json"
+_OPEN_HERE: set[Path] = set()  # partial directories of writers open in this process (never stale)
+
+
+def _writer_identity(pid: int) -> dict:
+    return {"pid": pid, "host": socket.gethostname(), "started": psutil.Process(pid).create_time()}
+
+
+def _writer_alive(directory: Path, pid: int) -> bool:
+    """Whether the run that made a partial directory may still be writing it (when unsure: yes)."""
+    if pid == os.getpid():
+        return directory in _OPEN_HERE  # otherwise an earlier process had our pid
+    try:
+        recorded = json.loads((directory / _WRITER_FILE).read_text())
+    except (OSError, ValueError):
+        recorded = None  # made before writer.json existed, or killed before writing it: judge by the pid alone
+    if recorded is not None and recorded.get("host") != socket.gethostname():
+        return True  # another machine's run (shared filesystem): its processes are not visible here
+    try:
+        process = psutil.Process(pid)
+        return recorded is None or abs(process.create_time() - recorded["started"]) < 1.0  # pid reused otherwise
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.AccessDenied, KeyError, TypeError):
+        return True
+
+
+def remove_stale_partials(prefix: str) -> list[Path]:
+    """Remove ``.NAME.partial-PID`` directories of this prefix whose writer is gone (runs killed with SIGKILL).
+
+    Only this prefix's (``.out.partial-*`` never matches ``.out_v2.partial-*``), only directories. Returns them.
+    """
+    out_dir, name = Path(prefix).parent, Path(prefix).name
+    pattern = re.compile(rf"\.{re.escape(name)}\.partial-(\d+)")
+    removed = []
+    for entry in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _writer_alive(entry, int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 class DatasetWriter:
     """Appends documents to both bins in input order and commits all files at once."""
 
@@ -54,7 +101,10 @@ class DatasetWriter:
         self.tmp_dir = out_dir / f".{Path(prefix).name}.partial-{os.getpid()}"
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
+            self.removed_stale = remove_stale_partials(prefix)
             self.tmp_dir.mkdir()
+            _OPEN_HERE.add(self.tmp_dir)
+            (self.tmp_dir / _WRITER_FILE).write_text(json.dumps(_writer_identity(os.getpid())))
         except OSError as err:
             raise OutputError(f"{out_dir}: cannot create output files ({err.strerror}); "
                               "choose an --output-prefix in a writable directory") from err
@@ -85,10 +135,13 @@ class DatasetWriter:
             f.write("\n")
         for key, path in self.final.items():
             os.replace(self.tmp[key], path)
+        (self.tmp_dir / _WRITER_FILE).unlink()
         self.tmp_dir.rmdir()
+        _OPEN_HERE.discard(self.tmp_dir)
 
     def abort(self) -> None:
         """Drop every temporary file; no file under a final name was touched."""
         for handle in (self.tokens.data_file, self.sections.data_file, self.rejects):
             handle.close()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        _OPEN_HERE.discard(self.tmp_dir)

@@ -69,11 +69,11 @@ def qwen3(qwen3_dir):
     return load_tokenizer(qwen3_dir)
 
 
-def make_job(tokenizer: str, *, policy: str = "none", lsp=None, max_tokens=None, keep=None, spec=None,
-             filters=None, chat_format=None) -> Job:
+def make_job(tokenizer: str, *, policy: str = "none", spec=None, filters=None, chat_format=None,
+             **policy_options) -> Job:
+    """``policy_options``: make_policy's (lsp, max_tokens, keep, window_scope, ...)."""
     return Job(tokenizer=tokenizer, chat_format=chat_format, spec=spec or RecordSpec(),
-               policy=make_policy(policy, lsp=lsp, max_tokens=max_tokens, keep=keep),
-               filters=filters or FilterConfig())
+               policy=make_policy(policy, **policy_options), filters=filters or FilterConfig())
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def preprocess(tmp_path, qwen3_dir):
     """Run the pipeline in-process: ``preprocess(inputs, name=, workers=, strict=, **job options)``.
 
     Returns ``(prefix, manifest)``.
-    Job options: policy, lsp, max_tokens, keep, spec (RecordSpec), filters (FilterConfig), tokenizer, chat_format.
+    Job options: policy, make_policy's options (lsp, keep, ...), spec (RecordSpec), filters (FilterConfig),
+    tokenizer, chat_format.
     """
 
     def _run(inputs, *, name: str = "out", workers: int = 1, strict: bool = False, chunk_docs: int = 4, **job_kwargs):

@@ -1,8 +1,9 @@
-"""tools/preprocess.py fatal errors: one ``error:`` line naming the file and the fix, non-zero exit, no output."""
+"""The preprocessing CLI: a user error is one ``error:`` line naming the file, record or option and the fix, exit 2,
+no output; a bug keeps its traceback."""
 
 from __future__ import annotations
 
-import importlib.util
+import gzip
 import json
 import os
 import subprocess
@@ -11,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from megatron_truncdistill.preprocess import cli as preprocess_cli
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def cli():
-    spec = importlib.util.spec_from_file_location("preprocess_cli", REPO / "tools" / "preprocess.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return preprocess_cli
 
 
 @pytest.fixture
@@ -111,3 +111,104 @@ def test_real_process_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"error: {tmp_path / 'x'}: no such file; check the --input path or glob"
+
+
+def test_console_script_and_shim_run_the_package_cli():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    scripts = pyproject[pyproject.index("[project.scripts]"):].split("\n\n")[0]
+    assert 'truncdistill-preprocess = "megatron_truncdistill.preprocess.cli:main"' in scripts.splitlines()
+    assert "from megatron_truncdistill.preprocess.cli import main" in (REPO / "tools" / "preprocess.py").read_text()
+
+
+def test_a_bug_keeps_its_traceback(run_cli, good_file, monkeypatch):
+    """Only user errors become one line; anything else propagates (the old CLI printed "internal error", exit 3)."""
+    def broken(cfg):
+        raise RuntimeError("a bug in the pipeline")
+
+    monkeypatch.setattr(preprocess_cli, "run", broken)
+    with pytest.raises(RuntimeError, match="a bug in the pipeline"):
+        run_cli("--input", good_file)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--truncation", "middle-out"], "error: argument --truncation: invalid choice: 'middle-out'"),
+    (["--workers", "two"], "error: argument --workers: invalid int value: 'two'"),
+    (["--lsp", "nan"], "error: --lsp nan: not a number; write a decimal such as 0.5 or a fraction such as 1/2"),
+    (["--lsp", "inf"], "error: --lsp inf: not a number"),
+    (["--lsp", "abc"], "error: --lsp abc: not a number"),
+    (["--lsp", "1/0"], "error: --lsp 1/0: not a number"),
+    (["--lsp", "-0.5"], "error: --lsp -0.5: must be in (0, 1]"),
+])
+def test_bad_option_values_are_one_line_naming_the_option(run_cli, good_file, tmp_path, args, line):
+    code, err = run_cli("--input", good_file, *args)
+    assert code == 2 and len(err) == 1 and err[0].startswith(line), err
+    assert _no_output(tmp_path)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--truncation", "none", "--lsp", "0.5"], ("--lsp 0.5", "--truncation none")),
+    (["--truncation", "token-budget", "--max-tokens", "9", "--lsp", "0.5"], ("--lsp 0.5", "--truncation token-budget")),
+    (["--max-tokens", "100"], ("--max-tokens 100", "--truncation lead-span")),
+    (["--keep", "left"], ("--keep left", "--truncation lead-span")),
+    (["--window-scope", "sequence"], ("--window-scope sequence", "--truncation lead-span")),
+    (["--truncation", "cot-span", "--protocol", "paper"], ("--protocol paper", "--truncation cot-span")),
+    (["--protocol", "paper", "--system-key", "sys"], ("--protocol paper", "--system-key sys")),
+    (["--protocol", "paper", "--truncation", "window", "--keep", "left", "--window-scope", "response"],
+     ("--protocol paper", "--window-scope response")),
+    (["--eod-token", "<|endoftext|>"], ("--eod-token", "--append-eod")),
+    (["--format", "prompt-response", "--cot-key", "c"], ("--cot-key", "--format prompt-response")),
+    (["--cot-key", "c", "--response-key", "r"], ("--response-key", "--cot-key")),
+])
+def test_conflicting_options_are_refused_naming_both(run_cli, good_file, tmp_path, args, names):
+    code, err = run_cli("--input", good_file, *args)
+    assert code == 2 and len(err) == 1 and all(name in err[0] for name in names), err
+    assert _no_output(tmp_path)
+
+
+def _corrupt_gzip(path: Path, payload: bytes) -> Path:
+    data = bytearray(gzip.compress(payload))
+    data[12:30] = bytes(b ^ 0x55 for b in data[12:30])  # inside the deflate stream: zlib.error, not an OSError
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_corrupt_gzip_is_one_line_naming_the_file(run_cli, tmp_path, good_file):
+    bad_gz = _corrupt_gzip(tmp_path / "bad.jsonl.gz", good_file.read_bytes() * 50)
+    code, err = run_cli("--input", bad_gz)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad_gz}: cannot be read ("), err
+    assert _no_output(tmp_path)
+
+
+def test_empty_input_file_is_one_line_naming_it(run_cli, tmp_path, good_file):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    code, err = run_cli("--input", good_file, empty)
+    assert code == 2 and err == [f"error: {empty}: empty input (no records); remove it from --input or check that "
+                                 "the file was written completely"]
+    assert _no_output(tmp_path)
+
+
+def test_utf8_bom_is_not_data(run_cli, tmp_path, good_file, traces):
+    """A BOM before a JSON array (or the first JSONL line) used to make the whole file one malformed JSONL line."""
+    rows = [json.loads(line) for line in good_file.read_text().splitlines()]
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + good_file.read_bytes())
+    for name in ("bom.json", "bom.jsonl"):
+        code, err = run_cli("--input", tmp_path / name, prefix=str(tmp_path / name.replace(".", "_")))
+        assert code == 0 and err == [], (name, err)
+        manifest = json.loads((tmp_path / f"{name.replace('.', '_')}.manifest.json").read_text())
+        assert manifest["counts"]["written"] == 1 and manifest["counts"]["rejected"] == 0
+
+
+@pytest.mark.parametrize("damaged", ["tokenizer.json", "tokenizer_config.json"])
+def test_damaged_tokenizer_files_are_one_line_naming_the_file(run_cli, tmp_path, qwen3_dir, good_file, damaged):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if name == damaged:
+            (tok / name).write_text('{"truncated": ')
+        else:
+            os.symlink(Path(qwen3_dir) / name, tok / name)
+    code, err = run_cli("--input", good_file, tokenizer=tok)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {tok / damaged}: not "), err
+    assert "restore the file" in err[0] and _no_output(tmp_path)

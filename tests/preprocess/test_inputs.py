@@ -124,3 +124,54 @@ def test_response_shapes(tmp_path, traces, preprocess, response, reason):
     src = traces.write_jsonl(tmp_path / "r.jsonl", [{"prompt": "Compute 1+1.", "full_response": response}, ok])
     prefix, manifest = preprocess([src])
     assert manifest["counts"]["rejected_by_reason"] == ({reason: 1} if reason else {})
+
+
+@pytest.mark.parametrize("response, reason", [
+    ("</think>", "empty_response"),                                  # markers only: nothing to learn from
+    ("<think></think>", "empty_response"),
+    ("<think>\n \n</think>\n\n", "empty_response"),
+    ("<think>a</think>b<think>c</think>d", "multiple_thinking_blocks"),  # the 2nd block would be tagged ANSWER
+    ("<think>a</think>b</think>c", "multiple_thinking_blocks"),
+    ("a</think>b<think>c", "misordered_thinking_markers"),           # </think> before <think>
+    ("<|begin_of_thought|>a<|end_of_thought|>b<|begin_of_thought|>c<|end_of_thought|>", "multiple_thinking_blocks"),
+    ("<|begin_of_thought|>a<think>b</think><|end_of_thought|>c", "multiple_thinking_blocks"),
+    ("<|end_of_thought|>a<|begin_of_thought|>b", "misordered_thinking_markers"),
+])
+def test_responses_without_one_faithful_thinking_block_are_rejected(tmp_path, traces, preprocess, response, reason):
+    ok = {"prompt": "Compute 2+2.", "full_response": "<think>2+2=4</think>4"}
+    src = traces.write_jsonl(tmp_path / "r.jsonl", [{"prompt": "Compute 1+1.", "full_response": response}, ok])
+    prefix, manifest = preprocess([src])
+    assert manifest["counts"]["rejected_by_reason"] == {reason: 1} and manifest["counts"]["written"] == 1
+    assert _rejects(prefix)[0]["line"] == 1
+
+
+def test_a_lone_surrogate_rejects_its_record_not_the_run(tmp_path, traces, preprocess):
+    """``"\\ud800"`` is valid JSON but no Unicode text: the tokenizer raised, the whole run died ("internal error")."""
+    lines = ['{"prompt": "q", "full_response": "<think>half a pair \\ud800 here</think>a"}',
+             '{"prompt": "q", "full_response": "<think>a real pair \\ud83d\\ude00</think>a"}']
+    prefix, manifest = preprocess([traces.write_jsonl(tmp_path / "s.jsonl", lines)])
+    assert manifest["counts"]["written"] == 1 and manifest["counts"]["rejected_by_reason"] == {"invalid_utf8": 1}
+    assert "U+D800" in _rejects(prefix)[0]["detail"]
+
+
+def _tool_chat(final_tool_calls: bool = False) -> dict:
+    call = [{"type": "function", "function": {"name": "lookup_prime_table", "arguments": {"n": 7}}}]
+    messages = [{"role": "user", "content": "Is 7 prime?"}, {"role": "assistant", "content": "", "tool_calls": call},
+                {"role": "tool", "content": "prime"}, {"role": "assistant", "content": "<think>ok</think>Yes."}]
+    if final_tool_calls:
+        messages[-1]["tool_calls"] = call
+    return {"messages": messages}
+
+
+def test_tool_calls_are_rendered_by_the_template_or_rejected(tmp_path, traces, preprocess, qwen3):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    plain = {"prompt": "Compute 2+2.", "full_response": "<think>2+2=4</think>4"}
+    src = traces.write_jsonl(tmp_path / "t.jsonl", [_tool_chat(), _tool_chat(final_tool_calls=True), plain])
+    prefix, manifest = preprocess([src])  # Qwen3's template renders tool calls
+    assert manifest["counts"]["rejected_by_reason"] == {"tool_calls_in_response": 1}
+    tokens = IndexedDataset(f"{prefix}_tokens")
+    assert '"name": "lookup_prime_table"' in qwen3.decode(tokens[0])  # used to vanish from the rendered prompt
+    prefix, manifest = preprocess([src], name="chatml", chat_format="chatml")  # ChatML ignores tool_calls
+    assert manifest["counts"]["rejected_by_reason"] == {"tool_calls_not_rendered": 1, "tool_calls_in_response": 1}
+    assert manifest["counts"]["written"] == 1

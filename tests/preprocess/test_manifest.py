@@ -18,7 +18,11 @@ def test_manifest_records_inputs_tokenizer_and_counts(tmp_path, traces, preproce
         {"name": "r1.jsonl", "bytes": src.stat().st_size, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}]}]
     assert manifest["tokenizer"]["vocab_size"] == 151669 and manifest["tokenizer"]["think_ids"] == [151667, 151668]
     assert manifest["chat_layout"]["template_keeps_thinking"] is True  # Qwen3 keeps the final turn's thinking
-    assert manifest["truncation"] == {"kind": "lead-span", "lsp": "1/2", "max_tokens": None, "keep": None}
+    assert manifest["truncation"] == {"kind": "lead-span", "lsp": "1/2", "max_tokens": None, "keep": None,
+                                      "window_scope": None, "rounding": "exact", "count_generation_prompt": False,
+                                      "generation_prompt_tokens": 0}
+    assert manifest["protocol"] == "default" and manifest["eod"] is None
+    assert manifest["records"]["drop_system"] is False and manifest["records"]["parsing"] == "default"
     before, after = manifest["tokens_before_truncation"], manifest["tokens_after_truncation"]
     assert sum(after.values()) <= sum(before.values()) // 2 and before["PROMPT"] == after["PROMPT"]
     assert sum(b["count"] for b in manifest["length_histogram"]["written"]) == manifest["counts"]["written"] == 2

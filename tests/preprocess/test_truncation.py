@@ -45,17 +45,43 @@ def test_truncate_window_concatenates_prompt_and_window():
     assert kept_sections.tolist() == [0, 0, 0, 1, 2, 2, 2]
 
 
+def test_window_over_the_whole_sequence():
+    n, p, c = 100, 10, 70
+    k = 50  # max(1, floor(0.5 * 100)): the prompt is part of the span
+    for keep, start in (("left", 0), ("middle", 25), ("right", 50)):
+        policy = make_policy("window", lsp="0.5", keep=keep, window_scope="sequence")
+        assert kept_ranges(policy, n, p, c) == [(start, start + k)]
+    assert make_policy("window", lsp="0.5", keep="left").window_scope == "response"  # the default protocol's
+
+
+def test_float_rounding_and_counted_generation_prompt():
+    """The official spans: int(L * r) in floating point over n + tail tokens, clipped to the n written ones."""
+    exact = make_policy("lead-span", lsp="0.29")
+    official = make_policy("lead-span", lsp="0.29", rounding="float")
+    assert kept_ranges(exact, 100, 10, 80) == [(0, 29)] and kept_ranges(official, 100, 10, 80) == [(0, 28)]
+    assert kept_ranges(official, 97, 10, 80, tail=3) == [(0, 28)]  # int(100 * 0.29) = 28 of 97 written
+    whole = make_policy("lead-span", lsp="1", rounding="float")
+    assert kept_ranges(whole, 97, 10, 80, tail=3) == [(0, 97)]  # the 3 prompt tokens are never written
+    right = make_policy("window", lsp="0.5", keep="right", window_scope="sequence", rounding="float")
+    assert kept_ranges(right, 97, 10, 80, tail=3) == [(50, 97)]  # the official window holds 50 ids, 3 of them tail
+    middle = make_policy("window", lsp="0.5", keep="middle", window_scope="sequence", rounding="float")
+    assert kept_ranges(middle, 97, 10, 80, tail=3) == [(25, 75)]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"kind": "lead-span", "lsp": "0"}, "--lsp"), ({"kind": "lead-span", "lsp": "1.5"}, "--lsp"),
     ({"kind": "token-budget"}, "--max-tokens"), ({"kind": "window", "lsp": "0.5"}, "--keep"),
-    ({"kind": "middle-out"}, "--truncation")])
+    ({"kind": "middle-out"}, "--truncation"), ({"kind": "lead-span", "lsp": "nan"}, "--lsp nan: not a number"),
+    ({"kind": "none", "lsp": "0.5"}, "--lsp 0.5 conflicts with --truncation none"),
+    ({"kind": "window", "lsp": "0.5", "keep": "left", "window_scope": "prompt"}, "--window-scope")])
 def test_bad_policy_options_name_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_policy(kwargs.pop("kind"), **kwargs)
 
 
 @pytest.mark.parametrize("policy, opts", [("lead-span", {"lsp": "0.3"}), ("token-budget", {"max_tokens": 100}),
-                                          ("cot-span", {"lsp": "0.5"}), ("window", {"lsp": "0.5", "keep": "middle"})])
+                                          ("cot-span", {"lsp": "0.5"}), ("window", {"lsp": "0.5", "keep": "middle"}),
+                                          ("window", {"lsp": "0.5", "keep": "right", "window_scope": "sequence"})])
 def test_policies_on_real_traces(tmp_path, traces, preprocess, policy, opts):
     """Each written document equals the policy applied to the untruncated document (policy none)."""
     src = traces.write_jsonl(tmp_path / "r1.jsonl", traces.short_rows(traces.r1, 4))
