@@ -32,9 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Documented so every process that tokenizes is single-threaded: parallelism comes from worker processes, and the Rust
-# pool would otherwise oversubscribe the cores (and warn after fork).
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from megatron_truncdistill.errors import UserError
 
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
@@ -45,7 +43,7 @@ CHATML_TEMPLATE = (
 CHAT_FORMATS = {"chatml": CHATML_TEMPLATE}
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer that cannot be used; the message names the path and the fix."""
 
 

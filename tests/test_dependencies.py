@@ -16,7 +16,7 @@ PACKAGE = Path(megatron_truncdistill.__file__).parent
 # Imported only where present, each behind a check that fails with one line (GPU extra, NGC container, opt-ins).
 OPTIONAL = {"transformer_engine", "apex", "vllm", "wandb"}
 # Declared because something the package uses needs it without importing it by name (pyproject.toml says which).
-UNDECLARED_NEEDS = {"psutil", "tensorboard"}
+UNDECLARED_NEEDS = {"tensorboard"}
 
 
 def _normalize(name: str) -> str:

@@ -16,6 +16,7 @@ import dataclasses
 import sys
 
 from megatron_truncdistill.preprocess.document import FilterConfig, Job
+from megatron_truncdistill.errors import cli_main
 from megatron_truncdistill.preprocess.pipeline import PreprocessConfig, PreprocessError, run
 from megatron_truncdistill.preprocess.protocol import PROTOCOLS, apply_protocol
 from megatron_truncdistill.preprocess.records import RECORD_FORMATS, RecordSpec
@@ -150,21 +151,12 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
                             overwrite=args.overwrite, progress=not args.no_progress)
 
 
-def _user_error(err: PreprocessError) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-
-
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0, 2 for a user error, 130 when interrupted)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except PreprocessError as err:
-        return _user_error(err)
+    args = build_parser().parse_args(argv)
     try:
         manifest = run(config_from_args(args))
-    except PreprocessError as err:
-        return _user_error(err)
     except KeyboardInterrupt:
         print(f"error: interrupted; no output was written under {args.output_prefix}", file=sys.stderr)
         return 130

@@ -28,13 +28,14 @@ from megatron_truncdistill.preprocess.manifest import build_manifest
 from megatron_truncdistill.preprocess.readers import (InputError, RawRecord, Reader, expand_inputs, file_sha256,
                                                      input_files)
 from megatron_truncdistill.preprocess.rendering import TemplateError
+from megatron_truncdistill.errors import UserError
 from megatron_truncdistill.tokenization import TokenizerError
 
 if TYPE_CHECKING:
     from megatron_truncdistill.preprocess.writer import DatasetWriter
 
 
-class PreprocessError(Exception):
+class PreprocessError(UserError):
     """A fatal problem, reported as one line naming the file (and line) and the fix."""
 
 
@@ -130,6 +131,8 @@ def _init_worker(job: Job, parent_pid: int) -> None:
     global _WORKER  # one processor per worker process, built once (tokenizer load + template probe)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also when spawned outside _sigint_ignored (not the main thread)
     _exit_with_parent(parent_pid)
+    # one tokenizing thread per worker: parallelism comes from the workers, the Rust pool would oversubscribe
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = DocumentProcessor(job)
 
 
