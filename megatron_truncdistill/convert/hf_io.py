@@ -40,8 +40,8 @@ def read_hf_architecture(directory: Path) -> tuple[dict, ModelArchitecture]:
     except ValueError as err:  # an architecture or option this builder does not reproduce
         raise ConversionError(f"{path}: {err}") from None
     except KeyError as err:
-        raise ConversionError(f"{path}: no {err.args[0]!r} entry; it is no complete HF config ({_REDOWNLOAD})") \
-            from None
+        missing = err.args[0]
+        raise ConversionError(f"{path}: no {missing!r} entry, so not a complete HF config; {_REDOWNLOAD}") from None
 
 
 class HFCheckpoint:
@@ -55,8 +55,9 @@ class HFCheckpoint:
         self.config, self.architecture = read_hf_architecture(self.directory)
         self._weight_map = self._read_weight_map()
         self._handles = {shard: self._open(shard) for shard in sorted(set(self._weight_map.values()))}
+        stored = {shard: set(handle.keys()) for shard, handle in self._handles.items()}
         for name, shard in self._weight_map.items():
-            if name not in self._handles[shard].keys():
+            if name not in stored[shard]:
                 raise ConversionError(f"{self.directory / shard}: has no tensor {name} although {INDEX_NAME} "
                                       f"lists it there; {_REDOWNLOAD}")
 

@@ -127,3 +127,32 @@ def test_cut_torch_metadata_exits_2_as_a_real_process(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{ckpt / '.metadata'}: unreadable" in errors[0]
+
+
+def _resume_on_each_rank(init_dir, ckpt_root):
+    """``checkpoint.load``: the trainer's resume (model, optimizer, schedule, RNG) from a damaged checkpoint."""
+    from tiny_gpt import train_tiny_gpt
+
+    try:
+        train_tiny_gpt(2, 1, init_dir=init_dir, steps=range(2, 3), resume_dir=ckpt_root, distributed_optimizer=True)
+        return None
+    except UserError as err:
+        return type(err).__name__, str(err)
+
+
+def test_resuming_from_a_damaged_trainer_checkpoint_names_the_file(tmp_path):
+    """A TP2 trainer checkpoint (optimizer state and RNG objects included) with one rank's shard cut short."""
+    from functools import partial
+
+    from megatron_truncdistill.checkpoint.train_state import iteration_dir
+    from tiny_gpt import save_initial_weights, train_tiny_gpt
+
+    init_dir, root = str(tmp_path / "init"), tmp_path / "checkpoints"
+    run_gloo_ranks(save_initial_weights, 1, init_dir, timeout=120)
+    run_gloo_ranks(partial(train_tiny_gpt, 2, 1, init_dir=init_dir, steps=range(0, 2), save_dir=str(root),
+                           distributed_optimizer=True), 2, timeout=180)
+    shard = iteration_dir(root, 2) / "__1_0.distcp"
+    _cut(shard)
+    results = run_gloo_ranks(_resume_on_each_rank, 2, init_dir, str(root), timeout=120)
+    assert results[0] == results[1] == ("CheckpointError", results[0][1]), results
+    assert f"{shard}: " in results[0][1] and "cut short" in results[0][1]

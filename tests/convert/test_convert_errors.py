@@ -140,9 +140,8 @@ def test_index_listing_a_tensor_its_shard_lacks_is_named(hf_copy, tmp_path):
     (lambda path: path.write_bytes(b"\xff\xfe\x00garbage"), "not valid JSON"),
 ], ids=["cut", "missing_key", "binary"])
 def test_malformed_config_json_is_named(hf_copy, tmp_path, damage, named):
-    """Refused before megatron-core is imported: the real script, as a user runs it."""
     damage(hf_copy / "config.json")
-    code, err = _cli_subprocess("hf-to-mcore", "--input", str(hf_copy), "--output", str(tmp_path / "out"))
+    code, err = _cli_in_rank("hf-to-mcore", "--input", str(hf_copy), "--output", str(tmp_path / "out"))
     _assert_one_line_error(code, err, str(hf_copy / "config.json"), named)
 
 
