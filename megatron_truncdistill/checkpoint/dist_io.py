@@ -4,6 +4,9 @@ Why a wrapper:
 - Atomicity. All ranks write into ``<dir>.partial``; only after every rank has finished does rank 0 rename it to
   ``<dir>``. A kill during a save leaves a ``.partial`` directory that loaders never look at, so the newest
   *complete* checkpoint is never damaged.
+- Integrity. Every load first runs ``integrity.verify_checkpoint`` on every rank, and the ranks agree on the
+  outcome, so a damaged checkpoint is refused with one line naming the file instead of a traceback from deep in
+  the loader (or a rank that hangs because another one failed).
 - Cost. Saves are synchronous and in-process: the writer's results queue is an in-process one
   (``mcore_compat.use_in_process_checkpoint_results_queue``, ~17 s per save saved on 4 CPU ranks), and the
   strategy writes with one thread per rank (no forked writer processes from a rank that holds gloo sockets).
@@ -18,9 +21,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
+from megatron_truncdistill.checkpoint.integrity import PARTIAL_SUFFIX, CheckpointError, verify_checkpoint
 from megatron_truncdistill.mcore_compat import use_in_process_checkpoint_results_queue
-
-PARTIAL_SUFFIX = ".partial"
 
 
 def _barrier() -> None:
@@ -61,10 +63,31 @@ def save_sharded(sharded_state_dict: dict, directory: str | Path, *, extra_files
 def load_sharded(sharded_state_dict: dict, directory: str | Path) -> dict:
     """Load the tensors ``sharded_state_dict`` asks for from ``directory`` (any saved layout; extra keys ignored).
 
-    A missing directory or one left half-written by an interrupted save is refused with its path.
+    Collective. A missing, half-written or damaged checkpoint is refused on every rank with a ``CheckpointError``
+    naming the file (``verify_checkpoint``), before any tensor is read.
     """
-    path = Path(directory)
-    if not (path / "metadata.json").is_file():
-        hint = " (an interrupted save?)" if path.name.endswith(PARTIAL_SUFFIX) else ""
-        raise FileNotFoundError(f"{path} is not a complete dist_checkpointing checkpoint{hint}: no metadata.json")
-    return dist_checkpointing.load(sharded_state_dict, str(path))
+    verify_on_every_rank(directory)
+    return dist_checkpointing.load(sharded_state_dict, str(directory))
+
+
+def verify_on_every_rank(directory: str | Path) -> None:
+    """Collective when several ranks run: each verifies ``directory``, and all raise if any one refused it.
+
+    Every rank checks what it can see (node-local copies differ), and no rank goes on into the collective load
+    while another has refused: that would leave it hanging until the process-group timeout.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        verify_checkpoint(directory)
+        return
+    try:
+        verify_checkpoint(directory)
+        failure = None
+    except CheckpointError as err:
+        failure = err
+    texts: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(texts, None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    for rank, text in enumerate(texts):
+        if text is not None:
+            raise CheckpointError(f"{text} (seen by rank {rank})")

@@ -18,6 +18,7 @@ import torch
 from megatron.core.models.gpt import GPTModel
 
 from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
+from megatron_truncdistill.checkpoint.integrity import CheckpointError, read_json_object
 from megatron_truncdistill.dtypes import torch_dtype
 from megatron_truncdistill.models.hf_config import ModelArchitecture, architecture_from_hf
 
@@ -56,15 +57,28 @@ class ModelMeta:
 
 
 def read_model_meta(directory: str | Path) -> ModelMeta:
-    """The ``ModelMeta`` of a checkpoint directory (no tensors are read)."""
+    """The ``ModelMeta`` of a checkpoint directory (no tensors are read); a missing or damaged file is refused.
+
+    Raises ``CheckpointError`` naming ``truncdistill_model.json`` when it is missing, is not JSON, has other
+    fields or another format version, or describes an architecture this project cannot build.
+    """
     path = Path(directory) / META_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a model checkpoint of this project: {META_NAME} is missing")
-    payload = json.loads(path.read_text())
+        raise CheckpointError(f"{directory} is not a model checkpoint of this project: {META_NAME} is missing")
+    payload = read_json_object(path)
     if payload.get("format_version") != META_FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {payload.get('format_version')} (expected {META_FORMAT_VERSION})")
+        raise CheckpointError(f"{path}: format_version {payload.get('format_version')} (expected "
+                              f"{META_FORMAT_VERSION})")
     payload.pop("architecture", None)  # informational copy, derived from hf_config
-    return ModelMeta(**payload)
+    try:
+        meta = ModelMeta(**payload)
+    except TypeError as err:  # a missing or unknown field
+        raise CheckpointError(f"{path}: damaged ({err})") from None
+    try:
+        meta.architecture
+    except (ValueError, KeyError) as err:  # hf_config is the source config.json, copied verbatim
+        raise CheckpointError(f"{path}: hf_config describes no model this project builds: {err}") from None
+    return meta
 
 
 def model_meta_files(meta: ModelMeta) -> dict[str, str]:
@@ -100,7 +114,7 @@ def load_model_checkpoint(model_chunks: Sequence[GPTModel], directory: str | Pat
     meta = read_model_meta(directory)
     real = meta.vocab_size if real_vocab_size is None else real_vocab_size
     if meta.padded_vocab_size < real:
-        raise ValueError(f"{directory}: checkpoint has {meta.padded_vocab_size} vocabulary rows, fewer than the "
+        raise CheckpointError(f"{directory}: checkpoint has {meta.padded_vocab_size} vocabulary rows, fewer than the "
                          f"real vocabulary ({real})")
     _check_same_shapes(model_chunks[0], meta.architecture, directory)
     loaded = load_sharded(model_sharded_state_dict(model_chunks), directory)
@@ -123,4 +137,4 @@ def _check_same_shapes(model: GPTModel, arch: ModelArchitecture, directory) -> N
     }
     for name, (model_value, saved) in pairs.items():
         if model_value != saved:
-            raise ValueError(f"{directory}: checkpoint {name}={saved} but the model has {name}={model_value}")
+            raise CheckpointError(f"{directory}: checkpoint {name}={saved} but the model has {name}={model_value}")

@@ -1,7 +1,7 @@
-"""``convert_checkpoint.py hf-to-mcore | mcore-to-hf``: the converter's command line (tools/ holds the script).
+"""``truncdistill-convert hf-to-mcore | mcore-to-hf``: the converter's command line (tools/ holds a shim).
 
-Bad input exits non-zero with one ``error: ...`` line and no traceback; anything else is a bug and keeps its
-traceback.
+Error policy (``errors.cli_main``): bad input is one ``error: ...`` line naming the file, tensor or option and the
+fix, exit 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import datetime
 import sys
 import tempfile
 
-_USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError)  # ConversionError is a ValueError
+from megatron_truncdistill.errors import UserError, cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,13 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     to_mcore.add_argument("--padded-vocab-size", type=int, default=None,
                           help="embedding rows to store (default: HF rows rounded up to --vocab-divisible-by)")
     to_mcore.add_argument("--vocab-divisible-by", type=int, default=128)
-    to_mcore.add_argument("--overwrite", action="store_true")
+    to_mcore.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output, once the new one is complete")
     to_hf = sub.add_parser("mcore-to-hf", help="checkpoint of this project (any TP/PP) → HF safetensors")
-    to_hf.add_argument("--input", required=True, help="checkpoint directory (converter's or trainer's)")
+    to_hf.add_argument("--input", required=True,
+                       help="a model checkpoint, a trainer iteration (iter_*), or a run's checkpoints/ root "
+                            "(follows 'latest')")
     to_hf.add_argument("--output", required=True, help="HF directory to create")
-    to_hf.add_argument("--tokenizer", default=None, help="directory whose tokenizer files are copied alongside")
+    to_hf.add_argument("--tokenizer", default=None,
+                       help="directory whose tokenizer files (and generation_config.json, when the checkpoint "
+                            "records none) are copied alongside, e.g. the base model's HF directory")
     to_hf.add_argument("--max-shard-gb", type=float, default=5.0)
-    to_hf.add_argument("--overwrite", action="store_true")
+    to_hf.add_argument("--overwrite", action="store_true",
+                       help="replace an existing output, once the new one is complete")
     return parser
 
 
@@ -43,7 +49,7 @@ def single_process_world():
 
     if dist.is_initialized():
         if dist.get_world_size() != 1:
-            raise ValueError("run the converter as a single process (not under torchrun with several ranks)")
+            raise UserError("run the converter as a single process (not under torchrun with several ranks)")
         yield
         return
     enable_cpu_runtime()
@@ -58,21 +64,23 @@ def single_process_world():
 
 def _precheck(args: argparse.Namespace) -> None:
     """Refuse the cheap-to-detect bad inputs before paying for megatron-core's imports (~10 s)."""
-    import json
     from pathlib import Path
 
-    from megatron_truncdistill.models.hf_config import architecture_from_hf
+    from megatron_truncdistill.convert.output_dir import check_output
 
-    if Path(args.output).exists() and not args.overwrite:
-        raise ValueError(f"output directory {args.output} exists; pass --overwrite to replace it")
-    config = Path(args.input) / "config.json"
+    inputs = {"--input": args.input, "--tokenizer": getattr(args, "tokenizer", None)}
+    check_output(args.output, inputs, overwrite=args.overwrite)
+    if not Path(args.input).is_dir():
+        raise UserError(f"--input {args.input}: no such directory")
     if args.command == "hf-to-mcore":
-        if not config.is_file():
-            raise FileNotFoundError(f"{config} not found")
-        architecture_from_hf(json.loads(config.read_text()))
+        from megatron_truncdistill.convert.hf_io import read_hf_architecture
+
+        read_hf_architecture(Path(args.input))
 
 
-def _run(args: argparse.Namespace) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     _precheck(args)
     from megatron_truncdistill.runtime import warm_imports  # noqa: F401  (silences TE/apex import warnings)
 
@@ -89,13 +97,4 @@ def _run(args: argparse.Namespace) -> None:
             mcore_to_hf(args.input, args.output, tokenizer_dir=args.tokenizer, overwrite=args.overwrite,
                         max_shard_bytes=int(args.max_shard_gb * 1024**3))
     print(f"wrote {args.output}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        _run(args)
-    except _USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     return 0

@@ -13,14 +13,14 @@ import torch
 from megatron.core.models.gpt import GPTModel
 from tqdm import tqdm
 
-from megatron_truncdistill.convert.hf_io import ConversionError, HFCheckpoint, TOKENIZER_FILES, prepare_output_dir
-from megatron_truncdistill.convert.hf_names import FuseGateUp, PackQKV, VocabRows, hf_shape, name_map
 from megatron_truncdistill.checkpoint.model_checkpoint import ModelMeta, save_model_checkpoint
+from megatron_truncdistill.convert.hf_io import GENERATION_CONFIG_NAME, TOKENIZER_FILES, ConversionError, HFCheckpoint
+from megatron_truncdistill.convert.hf_names import FuseGateUp, PackQKV, VocabRows, hf_shape, name_map
+from megatron_truncdistill.convert.output_dir import check_output, staged_output
 from megatron_truncdistill.dtypes import hf_params_dtype
 from megatron_truncdistill.models.builder import build_gpt_model, padded_vocab_size
-from megatron_truncdistill.models.hf_config import architecture_from_hf
-from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.models.hf_config import ModelArchitecture
+from megatron_truncdistill.models.transformer_config import BuildOptions
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
 
 # HF tensors that carry no weights megatron needs (recomputed buffers saved by old Llama checkpoints).
@@ -32,26 +32,27 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
     """Convert ``hf_dir`` into a model checkpoint at ``out_dir``; needs a torch.distributed world of size 1.
 
     ``padded_vocab`` defaults to the HF row count rounded up to ``vocab_divisible_by``; an explicit value must be
-    a multiple of it. Parameters keep the checkpoint's dtype (fp16 sources become fp32, losslessly).
+    a multiple of it. Parameters keep the checkpoint's dtype (fp16 sources become fp32, losslessly). The
+    checkpoint is written beside ``out_dir`` and replaces an existing one only once complete (``output_dir``).
     """
+    out = check_output(out_dir, {"--input": hf_dir}, overwrite=overwrite)
     source = HFCheckpoint(hf_dir)
-    arch = architecture_from_hf(source.config)
-    out = Path(out_dir)
-    prepare_output_dir(out, overwrite=overwrite, create=False)
+    arch = source.architecture
     tokenizer = _tokenizer_identity(source.directory)
     real_vocab = tokenizer["vocab_size"] if tokenizer else arch.vocab_size
     padded = _choose_padded_vocab(arch, real_vocab, padded_vocab, vocab_divisible_by)
     meta = ModelMeta(hf_config=source.config, vocab_size=real_vocab, padded_vocab_size=padded,
                      params_dtype=hf_params_dtype(source.config), tokenizer=tokenizer,
-                     generation_config=source.optional_json("generation_config.json"))
-    ctx = initialize_parallel(1, 1)
-    try:
-        options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
-        model = build_gpt_model(arch, ctx, padded_vocab_size=padded, options=options)
-        fill_from_hf(model, source, arch, progress=progress)
-        save_model_checkpoint([model], out, meta)
-    finally:
-        destroy_parallel()
+                     generation_config=source.optional_json(GENERATION_CONFIG_NAME))
+    with staged_output(out) as staging:
+        ctx = initialize_parallel(1, 1)
+        try:
+            options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
+            model = build_gpt_model(arch, ctx, padded_vocab_size=padded, options=options)
+            fill_from_hf(model, source, arch, progress=progress)
+            save_model_checkpoint([model], staging, meta)
+        finally:
+            destroy_parallel()
     return meta
 
 
@@ -117,6 +118,9 @@ def _tokenizer_identity(directory: Path) -> dict | None:
     """The tokenizer's identity when the HF directory ships tokenizer files (the trainer checks it against bins)."""
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         return None
-    from megatron_truncdistill.tokenization import load_tokenizer  # transformers-heavy; only when needed
+    from megatron_truncdistill.tokenization import TokenizerError, load_tokenizer  # transformers-heavy
 
-    return load_tokenizer(directory).identity()
+    try:
+        return load_tokenizer(directory).identity()
+    except TokenizerError as err:  # tokenizer files the converter was given, but cannot use
+        raise ConversionError(f"--input {directory}: {err}") from None
