@@ -31,6 +31,9 @@ class BuildOptions(ModelBuildFields):
     """Megatron sequence parallelism (TP > 1, GPU only)."""
     perform_initialization: bool = True
     """Random-initialize parameters; off when the weights are loaded right after (saves minutes on big models)."""
+    calculate_per_token_loss: bool = False
+    """megatron-core's per-token loss convention: the loss function returns Σ tokens and its token count, and
+    gradients are divided by the step's global token count (DDP reads it when it is built: a build option)."""
 
     @classmethod
     def from_fields(cls, build: ModelBuildFields, **run_options) -> "BuildOptions":
@@ -79,6 +82,7 @@ def transformer_config(arch: ModelArchitecture, options: BuildOptions, *, tp_siz
         bias_dropout_fusion=fused,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
+        calculate_per_token_loss=options.calculate_per_token_loss,
         **_fp8_fields(options),
         **_recompute_fields(options.recompute),
     )
