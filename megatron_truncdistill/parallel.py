@@ -66,15 +66,20 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
+_run_device: list[torch.device] = []  # the device initialize_parallel chose, until destroy_parallel
+
+
 def initialize_parallel(tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1, *,
-                        seed: int = 1234) -> ParallelContext:
+                        seed: int = 1234, device: torch.device | None = None) -> ParallelContext:
     """Build megatron-core's TP/PP/DP groups on the already-initialized default group and seed every RNG.
 
     Seeds follow megatron-core: the default generator gets ``seed`` (same on all TP ranks), the tracked
     model-parallel generator ``seed + 2718 + tp_rank`` (dropout inside TP regions differs per TP rank).
+    ``device``: where this run's tensors live (default ``local_device()``); host-side tools (the converter, whose
+    world is one gloo process) pass the CPU so that they run as on a CPU machine on GPU machines too.
     """
     data_parallel_size(dist.get_world_size(), tp=tensor_model_parallel_size, pp=pipeline_model_parallel_size)
-    local_device()  # megatron-core places on torch.cuda.current_device(): make it this rank's GPU first
+    _run_device[:] = [device if device is not None else local_device()]  # megatron-core places on the current GPU
     ps.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
@@ -96,10 +101,11 @@ def current_context() -> ParallelContext:
         tp_group=ps.get_tensor_model_parallel_group(),
         pp_group=ps.get_pipeline_model_parallel_group(),
         dp_group=ps.get_data_parallel_group(),
-        device=local_device(),
+        device=_run_device[0] if _run_device else local_device(),
     )
 
 
 def destroy_parallel() -> None:
     """Tear down megatron-core's groups (the default process group is left to its owner)."""
+    _run_device.clear()
     ps.destroy_model_parallel()

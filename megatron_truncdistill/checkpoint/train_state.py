@@ -80,17 +80,17 @@ def read_training_meta(directory: str | Path) -> dict:
 
 def check_finite_weights(ddp_chunks: list, *, target: Path) -> None:
     """Collective (default group): refuse ``target`` unless every student weight on every rank is finite."""
-    params = [p for chunk in ddp_chunks for p in chunk.module.parameters()]
-    local = [(name, p) for chunk in ddp_chunks for name, p in chunk.module.named_parameters()]
-    bad = torch.zeros((), dtype=torch.float64, device=params[0].device)
-    for p in params:
-        bad += (~torch.isfinite(p.detach())).sum()
+    named = [(name, p.detach()) for chunk in ddp_chunks for name, p in chunk.module.named_parameters()]
+    bad = torch.zeros((), dtype=torch.float64, device=named[0][1].device)
+    for _, p in named:
+        bad += (~torch.isfinite(p)).sum()
     dist.all_reduce(bad)
-    if bad.item() > 0:  # this is a CPU-GPU sync point (once per save)
-        first = next((n for n, p in local if not bool(torch.isfinite(p.detach()).all())), None)
+    count = int(bad.item())  # this is a CPU-GPU sync point (once per save)
+    if count:
+        first = next((n for n, p in named if not bool(torch.isfinite(p).all())), None)
         where = f" (here: {first}, rank {dist.get_rank()})" if first else ""
-        raise NonFiniteWeightsError(f"refusing to write {target}: {int(bad.item())} student weights are NaN/Inf"
-                                    f"{where}; '{LATEST_FILE}' still names the last finite checkpoint")
+        raise NonFiniteWeightsError(f"refusing to write {target}: {count} student weights are NaN/Inf{where}; "
+                                    f"'{LATEST_FILE}' still names the last finite checkpoint")
 
 
 def save_training_checkpoint(checkpoint_root: str | Path, *, step: int, consumed_samples: int, ddp_chunks: list,

@@ -48,7 +48,7 @@ def mcore_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, tokenizer_dir: str
         raise ConversionError(f"output directory {out} exists; pass --overwrite to replace it")
     staging = out.with_name(out.name + ".partial")  # replaces ``out`` only once complete
     prepare_output_dir(staging, overwrite=True, create=True)
-    ctx = initialize_parallel(1, 1)
+    ctx = initialize_parallel(1, 1, device=torch.device("cpu"))  # a host-side tool, on GPU machines too
     try:
         options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
         model = build_gpt_model(arch, ctx, padded_vocab_size=meta.padded_vocab_size, options=options)
@@ -72,7 +72,7 @@ def hf_tensors(model: GPTModel, arch: ModelArchitecture, *, dtype: torch.dtype,
     """
     params = dict(model.named_parameters())
     for mcore_name, rule in tqdm(name_map(arch), desc="mcore→hf", unit="tensor", disable=not progress):
-        tensor = params[mcore_name].detach().to(dtype)
+        tensor = params[mcore_name].detach().to("cpu", dtype)  # safetensors are written from host memory
         if isinstance(rule, str):
             yield rule, tensor
         elif isinstance(rule, VocabRows):
@@ -85,7 +85,7 @@ def _hf_vocab_rows(padded: torch.Tensor, hf_rows: int) -> torch.Tensor:
     """[V_padded, h] → [V_hf, h]: drop padding rows, or zero-fill when the trainer padded below the HF count."""
     if padded.shape[0] >= hf_rows:
         return padded[:hf_rows]
-    fill = torch.zeros(hf_rows - padded.shape[0], padded.shape[1], dtype=padded.dtype)
+    fill = torch.zeros(hf_rows - padded.shape[0], padded.shape[1], dtype=padded.dtype, device=padded.device)
     return torch.cat([padded, fill])  # [V_hf, h]; the extra rows are beyond the real vocabulary
 
 

@@ -39,7 +39,8 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
     use_te = resolve_use_te(options.use_te, fp8=options.fp8 is not None)
     check_attention_heads(ctx.tp_size, heads=arch.num_attention_heads, kv_heads=arch.num_query_groups, model=model)
     check_layers(ctx.pp_size, num_layers=arch.num_layers, model=model)
-    config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te)
+    config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te,
+                                device=ctx.device)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=gpt_layer_spec(arch, use_te=use_te),

@@ -46,10 +46,13 @@ class BuildOptions(ModelBuildFields):
 
 
 def transformer_config(arch: ModelArchitecture, options: BuildOptions, *, tp_size: int, pp_size: int,
-                       use_te: bool) -> TransformerConfig:
-    """The megatron-core config for ``arch`` at this TP×PP size; ``use_te`` is the resolved layer-spec choice."""
+                       use_te: bool, device: torch.device | None = None) -> TransformerConfig:
+    """The megatron-core config for ``arch`` at this TP×PP size; ``use_te`` is the resolved layer-spec choice.
+
+    ``device`` (the run's, ``ParallelContext.device``): parameters are allocated on the host when it is the CPU,
+    on the GPU otherwise; None = the CPU unless CUDA is available."""
     _check_options(options, tp_size=tp_size)
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
     fused = use_te and not on_cpu  # the fused kernels (RoPE, softmax, bias-act) come from TE/CUDA
     return TransformerConfig(
         num_layers=arch.num_layers,

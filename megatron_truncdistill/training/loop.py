@@ -27,6 +27,7 @@ from megatron_truncdistill.errors import ConfigError, UserError
 from megatron_truncdistill.flops import device_peak_tflops
 from megatron_truncdistill.losses import STAT_NAMES
 from megatron_truncdistill.parallel import ParallelContext, destroy_parallel
+from megatron_truncdistill.runtime import device_check_active
 from megatron_truncdistill.training.colocated import ColocatedStage
 from megatron_truncdistill.training.metrics import MetricsLogger, step_record
 from megatron_truncdistill.training.step import MicroBatching, forward_backward, sum_step_stats, train_step
@@ -57,7 +58,7 @@ class TrainingRun:
     consumed_samples: int = 0
 
     def start(self) -> None:
-        """Write the resolved config, then resume if asked."""
+        """Say what the run is about to do and where it writes, write the resolved config, then resume if asked."""
         if dist.get_rank() == 0:
             run_dir = Path(self.config.logging.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,15 @@ class TrainingRun:
             except FileNotFoundError as err:
                 raise ConfigError(f"checkpoint.load: {err}") from None
             self.step, self.consumed_samples = point.step, point.consumed_samples
+        if dist.get_rank() == 0:
+            print(self._plan_line(Path(self.config.logging.run_dir)), flush=True)
+
+    def _plan_line(self, run_dir: Path) -> str:
+        c = self.ctx
+        checked = " under the CPU device check (host and device tensors told apart)" if device_check_active() else ""
+        return (f"[train] steps {self.step + 1}..{self.config.train.train_steps}, {dist.get_world_size()} ranks "
+                f"(TP{c.tp_size} PP{c.pp_size} DP{c.dp_size}) on {c.device}{checked}; metrics and config in "
+                f"{run_dir}, checkpoints in {self.checkpoint_root}")
 
     @property
     def checkpoint_root(self) -> Path:

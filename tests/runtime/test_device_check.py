@@ -121,3 +121,26 @@ def test_local_device_is_cpu_unless_checked(env):
         return str(local_device())
 
     assert run_gloo_ranks(device, 1, timeout=60, env=env)[0] == ("cuda:0" if env else "cpu")
+
+
+def _greedy_on_the_device():
+    from megatron_truncdistill.evaluation.greedy import greedy_generate
+    from megatron_truncdistill.models.builder import build_gpt_model
+    from megatron_truncdistill.models.hf_config import architecture_from_hf
+    from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
+    from megatron_truncdistill.runtime import is_device_tensor
+
+    arch = architecture_from_hf({"model_type": "qwen3", "num_hidden_layers": 1, "hidden_size": 32,
+                                 "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                 "head_dim": 8, "vocab_size": 64, "max_position_embeddings": 64})
+    ctx = initialize_parallel(1, 1, seed=3)
+    model = build_gpt_model(arch, ctx, padded_vocab_size=128).eval()
+    on_device = is_device_tensor(next(model.parameters()))
+    out = greedy_generate(model, [[1, 2, 3], [4, 5, 6], [7, 8]], max_new_tokens=4, stop_ids={0}, vocab_size=64)
+    destroy_parallel()
+    return on_device, [len(o) for o in out]
+
+
+def test_greedy_generation_runs_on_the_models_device():
+    on_device, lengths = run_gloo_ranks(_greedy_on_the_device, 1, timeout=60, env=DEVICE_CHECK)[0]
+    assert on_device and all(0 < n <= 4 for n in lengths)
