@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,9 +162,15 @@ def section_tp2pp2_one_gpu(work: Path, dry_run: bool) -> dict:
     probe = work / "probe.py"
     probe.write_text(PROBE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(probe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both probe ranks
+        proc.wait()
+        raise Skipped("a two-rank all-reduce on one GPU hung for 60 s (the backend does not share a GPU)") from None
     if proc.returncode != 0:
-        lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "rror" in l or "uplicate" in l]
+        lines = [line for line in output.splitlines() if "rror" in line or "uplicate" in line]
         raise Skipped("the backend refuses two ranks on one GPU: " + (lines[-1].strip()[:200] if lines else
                                                                       f"probe exit code {proc.returncode}"))
     if not (work / "student.mcore").is_dir():
@@ -230,18 +237,23 @@ def _run_sections(work: Path, *, dry_run: bool, budget_s: float) -> dict:
     return results
 
 
+def _floats(values: list[float]) -> str:
+    return ", ".join(f"{x:.4f}" for x in values)
+
+
 def _summary(name: str, result: dict) -> str:
     if result["status"] != "ok":
         return result.get("reason", "")
     if name == "kd_tp1":
-        return (f"losses {', '.join(f'{x:.4f}' for x in result['losses'])}; resumed step 3 {result['resumed_step3_loss']:.4f}"
-                f" (rel {result['resume_rel_diff']:.1e}); export logits finite")
+        return (f"losses {_floats(result['losses'])}; resumed step 3 {result['resumed_step3_loss']:.4f} "
+                f"(rel {result['resume_rel_diff']:.1e}); export logits finite")
     if name == "tp2pp2_one_gpu":
-        return f"losses {', '.join(f'{x:.4f}' for x in result['losses'])} (vs TP1 bf16 rel {result['max_rel_diff_vs_tp1_bf16']:.1e})"
+        return f"losses {_floats(result['losses'])} (vs TP1 bf16 rel {result['max_rel_diff_vs_tp1_bf16']:.1e})"
     if name == "kd_loss":
-        return "; ".join(f"{v} {r['time_s'] * 1e3:.1f} ms" + (f" {r['peak_extra_gib']:.2f} GiB" if r["peak_extra_gib"]
-                                                                else "") for v, r in result.items()
-                         if isinstance(r, dict))
+        rows = {v: r for v, r in result.items() if isinstance(r, dict)}
+        return "; ".join(f"{v} {r['time_s'] * 1e3:.1f} ms" + (f" {r['peak_extra_gib']:.2f} GiB"
+                                                               if r["peak_extra_gib"] is not None else "")
+                         for v, r in rows.items())
     kd = result["runs"]["kd_lsp1.0"]
     mfu = f"MFU {kd['mfu']:.3f}" if kd["mfu"] is not None else "MFU - (no GPU peak)"
     return (f"KD LSP1.0 {kd['tokens_per_s']:.0f} tok/s, {mfu}, peak {kd['peak_mem_bytes'] / 2**30:.2f} GiB; "
@@ -257,9 +269,11 @@ def _device_name(dry_run: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu-dry-run", action="store_true", help="the same path on CPU at tiny sizes, under the device check")
+    p.add_argument("--cpu-dry-run", action="store_true",
+                   help="the same path on CPU at tiny sizes, under the device check")
     p.add_argument("--out", type=Path, default=None, help="work directory (default: a fresh temporary one)")
-    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget; sections that no longer fit are skipped")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="wall-clock budget; sections that no longer fit are skipped")
     args = p.parse_args(argv)
     import torch
 

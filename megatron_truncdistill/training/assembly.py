@@ -106,7 +106,8 @@ def _user_input(load, *args, key: str | None = None, **kwargs):
 def _attention_inputs(config: Config) -> dict[str, AttentionInput | None]:
     """How each model takes packed documents, decided per model from its own layer implementation."""
     def decide(model):
-        return attention_input(packing=config.data.packing, transformer_engine=validation.uses_transformer_engine(model))
+        te = validation.uses_transformer_engine(model)
+        return attention_input(packing=config.data.packing, transformer_engine=te)
 
     return {"student_attention": decide(config.student),
             "teacher_attention": decide(config.teacher) if config.teacher is not None else None}

@@ -112,3 +112,10 @@ def test_a_checkpoint_with_nan_weights_is_never_written(tiny, tmp_path):
     assert "refusing to write" in message and "1 student weights are NaN/Inf" in message, message
     assert _latest(tmp_path / "run") == "iter_0000000"
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["iter_0000000", "latest"]
+
+
+def test_unknown_policy_is_refused_by_its_key(tiny, tmp_path):
+    from megatron_truncdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.non_finite: 'maybe' is not one of stop, skip"):
+        trainer_config(tiny, tmp_path / "run", "train.non_finite=maybe")

@@ -125,6 +125,7 @@ def _yaml_args(tiny, tmp_path, *overrides):
             f"teacher.load={tiny['teacher']}", *overrides], config
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tiny, tmp_path):
     overrides = ("train.train_steps=6", "checkpoint.save_interval=2")
     args, config = _yaml_args(tiny, tmp_path, *overrides)
@@ -146,6 +147,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny, tmp_path):
     np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], uninterrupted[first_resumed - 1:], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_zero(tiny, tmp_path):
     args, _ = _yaml_args(tiny, tmp_path, "train.train_steps=500")
     run_dir = tmp_path / "term"
