@@ -19,6 +19,8 @@ included in both: they are part of the straightforward implementation's cost. On
 available) the same variants run on one device in bf16 with ``torch.cuda`` memory statistics.
 
 Run: .venv/bin/python benchmarks/kd_loss.py     (4,096 tokens × 151,936 vocabulary, TP 1 and 2; ~10 min)
+     python benchmarks/kd_loss.py --device-section-only       (the GPU section alone: benchmarks/gpu_check.py)
+     python benchmarks/kd_loss.py --device-section-only --device cpu --tokens 256 --vocab 4096   (its dry run)
 """
 
 from __future__ import annotations
@@ -170,35 +172,41 @@ def run_cpu_variant(variant, tp, args) -> dict:
             "cpu_s": slowest("cpu_times")}
 
 
-def run_gpu(args) -> list[dict]:
-    """TP=1 on one CUDA device in bf16: peak extra from the caching allocator, time from synchronized wall clock,
-    and for the loss-only variants the achieved bandwidth of the minimal traffic (read both logits, write the
-    gradient) against ``--roofline-gbps``."""
+def run_device_section(args, device: str = "cuda") -> list[dict]:
+    """TP=1 on one device in bf16 (the GPU section; ``device="cpu"`` runs the same code as its dry run): peak
+    extra memory from the caching allocator (CUDA only), time from synchronized wall clock, and for the loss-only
+    variants the achieved bandwidth of the minimal traffic (read both logits, write the gradient) against
+    ``--roofline-gbps``."""
     import torch
 
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     results = []
-    for variant in VARIANTS:
-        x = _make_inputs(variant, args, 0, 1, "cuda", torch.bfloat16)
+    for variant in args.variants:
+        x = _make_inputs(variant, args, 0, 1, device, torch.bfloat16)
         _step(variant, x, None)  # warm-up: kernels, allocator pools
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() if cuda else 0
         times = []
         for _ in range(args.reps):
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             _step(variant, x, None)
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - start)
-        row = {"variant": variant, "tp": 1, "device": torch.cuda.get_device_name(),
-               "peak_extra_gib": (torch.cuda.max_memory_allocated() - base) / 2**30, "time_s": min(times)}
+        row = {"variant": variant, "tp": 1, "device": torch.cuda.get_device_name() if cuda else "cpu-dry-run",
+               "peak_extra_gib": (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else None,
+               "time_s": min(times)}
         if variant in ("straightforward", "chunked", "chunked_inplace"):
             traffic = 3 * args.tokens * args.vocab * 2  # bytes: two bf16 logits read, one bf16 gradient written
             row["achieved_gbps"] = traffic / row["time_s"] / 1e9
             row["roofline_fraction"] = row["achieved_gbps"] / args.roofline_gbps
         results.append(row)
         del x
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     return results
 
 
@@ -215,7 +223,8 @@ def _add_ratios(rows: list[dict]) -> None:
     for r in rows:
         base = by_key.get((BASELINE.get(r["variant"], r["variant"]), r["tp"], r["device"]))
         if base:
-            r["mem_ratio"] = r["peak_extra_gib"] / base["peak_extra_gib"]
+            if r["peak_extra_gib"] is not None and base["peak_extra_gib"]:
+                r["mem_ratio"] = r["peak_extra_gib"] / base["peak_extra_gib"]
             r["time_ratio"] = r["time_s"] / base["time_s"]
             if "cpu_s" in r:
                 r["cpu_ratio"] = r["cpu_s"] / base["cpu_s"]
@@ -226,7 +235,8 @@ def _print_table(rows: list[dict]) -> None:
     print(f"{'variant':<24}{'tp':>3}  {'device':<8}{'peak extra GiB':>15}{'× base':>8}{'cpu s':>8}{'× base':>8}"
           f"{'wall s':>8}{'× base':>8}")
     for r in rows:
-        print(f"{r['variant']:<24}{r['tp']:>3}  {r['device'][:8]:<8}{r['peak_extra_gib']:>15.3f}"
+        peak = nan if r["peak_extra_gib"] is None else r["peak_extra_gib"]
+        print(f"{r['variant']:<24}{r['tp']:>3}  {r['device'][:8]:<8}{peak:>15.3f}"
               f"{r.get('mem_ratio', nan):>8.3f}{r.get('cpu_s', nan):>8.2f}{r.get('cpu_ratio', nan):>8.2f}"
               f"{r['time_s']:>8.2f}{r.get('time_ratio', nan):>8.2f}")
 
@@ -258,6 +268,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=1, help="timed iterations after the first (which also times)")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--roofline-gbps", type=float, default=3350.0, help="GPU memory bandwidth (H100 SXM: 3350)")
+    p.add_argument("--device-section-only", action="store_true", help="run only the single-device bf16 section")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="with --device-section-only: cpu runs the section as a dry run (no memory statistics)")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
@@ -265,7 +278,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
     rows = []
-    for tp in args.tp:
+    for tp in ([] if args.device_section_only else args.tp):
         for variant in args.variants:
             need, free = _estimated_gib(variant, args), _mem_available_gib()
             print(f"running {variant} tp={tp} (needs ~{need:.1f} GiB, MemAvailable {free:.1f} GiB)", flush=True)
@@ -275,8 +288,10 @@ def main() -> None:
             rows.append(run_cpu_variant(variant, tp, args))
     import torch
 
-    if torch.cuda.is_available():
-        rows += run_gpu(args)
+    if args.device_section_only and args.device == "cpu":
+        rows += run_device_section(args, "cpu")
+    elif torch.cuda.is_available():
+        rows += run_device_section(args, "cuda")
     else:
         print("GPU section skipped: CUDA is not available on this machine")
     _add_ratios(rows)

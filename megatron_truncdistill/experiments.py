@@ -53,7 +53,8 @@ def launch_trainer(config: dict, *, path: Path, ranks: int, overrides: list[str]
 def evaluate_checkpoints(checkpoints: dict[str, Path], *, tokenizer: str | Path, records: list[dict],
                          extract: Callable[[str], str | None], group_key: str | None = None,
                          max_new_tokens: int = 160, budget_forcing: bool = False, tag: str = "experiment") -> dict:
-    """Exact-match accuracy of each checkpoint (one gloo rank in this process, TP1/PP1), optionally per group.
+    """Exact-match accuracy of each checkpoint (one rank in this process, TP1/PP1, on its device: the GPU where
+    there is one), optionally per group.
 
     With ``budget_forcing`` (s1), ``max_new_tokens`` is the thinking budget, after which an unclosed thinking is
     closed and the answer read greedily; the results then also hold the unforced accuracy and the forced fraction.

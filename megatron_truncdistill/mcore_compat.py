@@ -15,6 +15,10 @@ here, not discovered in a half-patched optimizer load on a thousand GPUs:
 - ``GPTModel.output_layer.forward`` shadowing: GPTModel has no public switch that returns the final-norm hidden
   states instead of logits; shadowing the layer's ``forward`` for one call keeps the whole embedding/RoPE/
   decoder path megatron-core's own.
+- ``MegatronOptimizer.step``'s sequence (``prepare_grads``, ``get_grad_norm``, ``clip_grad_by_total_norm_fp32``,
+  ``step_with_ready_grads``): megatron-core gates an update only on fp16 loss-scale overflow; a bf16/fp32 run
+  with a NaN gradient norm clips by NaN and applies it. ``step_if_finite`` runs the same sequence with a gate
+  between the norm and the update.
 
 ``runtime/cpu.py`` is the other half: the CPU-only layer that maps CUDA placements to the host.
 """
@@ -22,6 +26,7 @@ here, not discovered in a half-patched optimizer load on a thousand GPUs:
 from __future__ import annotations
 
 import functools
+import math
 import queue
 from contextlib import contextmanager
 
@@ -85,3 +90,27 @@ def final_hidden_states(model):
         yield
     finally:
         del layer.forward
+
+
+def step_if_finite(optimizer, *, skip: bool = False) -> tuple[bool, float]:
+    """Step a megatron-core optimizer as its ``step()`` does (prepare grads, norm, clip, update), except that
+    nothing is updated when ``skip`` is set or the gradient norm is not finite. Returns (stepped, grad norm).
+
+    The norm is computed even with clipping off: it is what the gate reads. megatron-core all-reduces it over the
+    model-parallel ranks, and data-parallel ranks hold identical reduced gradients, so every rank takes the same
+    branch. The chained-optimizer loop mirrors ``ChainedOptimizer.step`` of megatron-core 0.16.
+    """
+    check_megatron_core_version()
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    if optimizer.prepare_grads():  # fp16 loss-scale overflow (this project trains in bf16 or fp32)
+        return False, float("nan")
+    grad_norm = float(optimizer.get_grad_norm())  # megatron-core returns a float: a CPU-GPU sync point
+    if skip or not math.isfinite(grad_norm):
+        return False, grad_norm
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = inner.get_parameters()
+        if inner.config.clip_grad > 0.0 and params and not getattr(inner, "is_stub_optimizer", False):
+            clip_grad_by_total_norm_fp32(params, max_norm=inner.config.clip_grad, total_norm=grad_norm,
+                                         use_decoupled_grad=inner.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return bool(optimizer.step_with_ready_grads()), grad_norm

@@ -18,7 +18,8 @@ import torch.distributed as dist
 import yaml
 
 from megatron_truncdistill.config import Config, load_config
-from megatron_truncdistill.errors import ConfigError
+from megatron_truncdistill.errors import cli_main
+
 
 class _StopFlag:
     """Set by SIGTERM (preemption); ranks agree on it with one all-reduce per step so all stop at the same step."""
@@ -29,10 +30,11 @@ class _StopFlag:
     def install(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
 
-    def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.requested else 0.0])
+    def agreed(self, device: torch.device) -> bool:
+        """Collective over the default group (the device's backend): whether any rank was asked to stop."""
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(flag.item())  # this is a CPU-GPU sync point
 
 
 def run_training(config: Config, *, stop: _StopFlag | None = None) -> dict:
@@ -64,9 +66,11 @@ def distributed_session():
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+    from megatron_truncdistill.parallel import local_device  # megatron-core: imported once a run starts
+
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        local_device()  # NCCL binds each rank to the current device: make it this rank's GPU first
     elif "OMP_NUM_THREADS" not in os.environ:  # an explicit thread count (torchrun sets 1) wins
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     dist.init_process_group(backend)
@@ -85,26 +89,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
+    """A user error (a config key, a missing file, a diverged run) is one ``error:`` line per rank and exit 2."""
     # megatron-core warns at import that TE/apex are missing; expected off the NGC container, and once per rank
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
     args = _parse(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
     stop = _StopFlag()
     stop.install()
     with distributed_session():
-        try:
-            run_training(config, stop=stop)
-        except (ConfigError, FileNotFoundError) as err:
-            print(f"[rank {dist.get_rank()}] error: {err}", file=sys.stderr)
-            return 2
+        run_training(config, stop=stop)
     return 0
 
 

@@ -69,3 +69,39 @@ def save_initial_models(config: Config, out_dir: str) -> dict[str, str]:
                                                              tokenizer=tok.identity()))
     destroy_parallel()
     return paths
+
+
+DEVICE_CHECK = {"TRUNCDISTILL_DEVICE_CHECK": "1"}
+"""``run_gloo_ranks(..., env=DEVICE_CHECK)``: ranks run the GPU code path under ``runtime.device_check``."""
+
+
+def prepare_trainer_inputs(root: Path) -> dict:
+    """Tiny bins plus TP1-built initial student and teacher checkpoints: every layout loads the same weights."""
+    from gloo_ranks import run_gloo_ranks
+
+    prefix, tokenizer = make_tiny_bins(root)
+    base = tiny_config(prefix=prefix, tokenizer=tokenizer, run_dir=str(root / "init_run"))
+    paths = run_gloo_ranks(save_initial_models, 1, base, str(root / "init"), timeout=120)[0]
+    return {"root": root, "prefix": prefix, "tokenizer": tokenizer, **paths}
+
+
+def trainer_config(tiny: dict, run_dir, *overrides: str) -> Config:
+    """``tiny_config`` starting both models from the saved initial checkpoints."""
+    loads = [f"student.load={tiny['student']}", f"teacher.load={tiny['teacher']}"]
+    return tiny_config(prefix=tiny["prefix"], tokenizer=tiny["tokenizer"], run_dir=str(run_dir),
+                       overrides=loads + list(overrides))
+
+
+def read_metrics(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(config: Config, world: int, *, env: dict | None = None, timeout: float = 240) -> list[float]:
+    """Run the trainer on ``world`` gloo ranks; the logged loss of every step."""
+    from gloo_ranks import run_gloo_ranks
+    from megatron_truncdistill.train import run_training
+
+    run_gloo_ranks(run_training, world, config, timeout=timeout, env=env)
+    return [r["loss"] for r in read_metrics(config.logging.run_dir) if "loss" in r]

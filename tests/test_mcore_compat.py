@@ -30,6 +30,7 @@ def unverified_version(monkeypatch):
     lambda: mcore_compat.keep_restored_adam_step(object()),
     lambda: mcore_compat.use_in_process_checkpoint_results_queue(),
     lambda: mcore_compat.final_hidden_states(object()).__enter__(),
+    lambda: mcore_compat.step_if_finite(object()),
 ])
 def test_every_shim_refuses_an_unverified_megatron_core(unverified_version, shim):
     with pytest.raises(RuntimeError, match=r"megatron-core 0\.18\.0 is not verified .*mcore_compat\.py"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 import torch
+from megatron.core.distributed import finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
@@ -15,8 +16,7 @@ from megatron_truncdistill.config import OptimizerConfig
 from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
 from megatron_truncdistill.checkpoint.train_state import load_training_checkpoint, save_training_checkpoint
 from megatron_truncdistill.parallel import destroy_parallel, initialize_parallel
-from megatron_truncdistill.training.optimizer import (
-    build_optimizer, install_grad_finalizer, wrap_student_ddp)
+from megatron_truncdistill.training.optimizer import build_optimizer, wrap_student_ddp
 from megatron_truncdistill.training.step import MicroBatching, train_step
 
 VOCAB, SEQ, HIDDEN, LAYERS = 256, 32, 64, 4
@@ -81,7 +81,7 @@ def train_tiny_gpt(tp: int, pp: int, *, init_dir: str, steps: range, distributed
     model = tiny_model(config, ctx)
     model.load_state_dict(load_sharded({"model": model.sharded_state_dict()}, init_dir)["model"])
     ddp = wrap_student_ddp([model], transformer_config=config, use_distributed_optimizer=distributed_optimizer)
-    install_grad_finalizer(config, ddp)
+    config.no_sync_func, config.finalize_model_grads_func = ddp[0].no_sync, finalize_model_grads  # megatron's own
     settings = OptimizerConfig(lr=1e-3, warmup_fraction=0.25, use_distributed_optimizer=distributed_optimizer)
     optimizer, scheduler = build_optimizer(ddp, settings, train_steps=8, params_dtype=torch.float32)
     if resume_dir:
@@ -91,8 +91,8 @@ def train_tiny_gpt(tp: int, pp: int, *, init_dir: str, steps: range, distributed
     batching = MicroBatching(GLOBAL_BATCH // ctx.dp_size // MICRO_BATCH, MICRO_BATCH, SEQ)
     losses = []
     for step in steps:
-        stats = train_step(ddp, ddp, optimizer, scheduler, forward_step_func=_forward_step,
-                           data_iterator=iter(_step_batches(step, ctx)), batching=batching, hidden_size=HIDDEN,
+        stats = train_step(ddp[0], ddp, optimizer, scheduler, forward_step_func=_forward_step,
+                           data_iterator=iter(_step_batches(step, ctx)), batching=batching,
                            stat_names=("loss_sum", "tokens"), ctx=ctx)
         losses.append(stats["loss_sum"] / stats["tokens"])
     if save_dir:

@@ -3,7 +3,8 @@
 Layout (see README.md beside this file): ``<run>/checkpoints/iter_0000010/`` is one dist_checkpointing directory
 written atomically by ``dist_io.save_sharded``; ``<run>/checkpoints/latest`` names the newest complete one and is
 replaced (``os.replace``) only after that directory exists, so a kill at any moment leaves a loadable latest.
-The teacher is never saved: it is frozen and reloaded from its own checkpoint.
+The teacher is never saved: it is frozen and reloaded from its own checkpoint. Nor is a student holding a NaN or
+Inf weight: ``save_training_checkpoint`` checks first, so neither the directory nor ``latest`` ever names one.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_truncdistill.checkpoint.dist_io import load_sharded, save_sharded
-from megatron_truncdistill.parallel import ParallelContext
 from megatron_truncdistill.checkpoint.optimizer_state import load_optimizer_state, optimizer_sharded_state_dict
+from megatron_truncdistill.errors import UserError
+from megatron_truncdistill.parallel import ParallelContext
 
 LATEST_FILE = "latest"
 META_FILE = "truncdistill_train.json"
+
+
+class NonFiniteWeightsError(UserError):
+    """The student holds NaN/Inf weights: the checkpoint is refused before anything is written."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +78,31 @@ def read_training_meta(directory: str | Path) -> dict:
     return json.loads((Path(directory) / META_FILE).read_text())
 
 
+def check_finite_weights(ddp_chunks: list, *, target: Path) -> None:
+    """Collective (default group): refuse ``target`` unless every student weight on every rank is finite."""
+    named = [(name, p.detach()) for chunk in ddp_chunks for name, p in chunk.module.named_parameters()]
+    bad = torch.zeros((), dtype=torch.float64, device=named[0][1].device)
+    for _, p in named:
+        bad += (~torch.isfinite(p)).sum()
+    dist.all_reduce(bad)
+    count = int(bad.item())  # this is a CPU-GPU sync point (once per save)
+    if count:
+        first = next((n for n, p in named if not bool(torch.isfinite(p).all())), None)
+        where = f" (here: {first}, rank {dist.get_rank()})" if first else ""
+        raise NonFiniteWeightsError(f"refusing to write {target}: {count} student weights are NaN/Inf{where}; "
+                                    f"'{LATEST_FILE}' still names the last finite checkpoint")
+
+
 def save_training_checkpoint(checkpoint_root: str | Path, *, step: int, consumed_samples: int, ddp_chunks: list,
                              optimizer, scheduler, ctx: ParallelContext, extra_meta: dict | None = None,
                              extra_files: dict[str, str] | None = None) -> Path:
     """Collective: write ``iter_<step>`` atomically, then point ``latest`` at it.
 
     ``extra_files`` (name -> text) land inside the directory atomically too: the trainer adds the student's
-    ``truncdistill_model.json`` so the converter can export any trainer checkpoint.
+    ``truncdistill_model.json`` so the converter can export any trainer checkpoint. Non-finite weights raise
+    ``NonFiniteWeightsError`` before anything is written.
     """
+    check_finite_weights(ddp_chunks, target=iteration_dir(checkpoint_root, step))
     state = _state_dict(ddp_chunks, optimizer, scheduler, ctx, is_loading=False)
     state["progress"] = {"step": step, "consumed_samples": consumed_samples}
     meta = {"step": step, "consumed_samples": consumed_samples, "layout": _layout(ctx), **(extra_meta or {})}

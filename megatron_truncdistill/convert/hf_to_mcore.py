@@ -1,6 +1,7 @@
 """HF safetensors → megatron-core distributed checkpoint (loads at any TP×PP; see README.md).
 
-Runs as one process (a torch.distributed world of 1): the model is built once at TP1/PP1 on the CPU, filled
+Runs as one process (a torch.distributed world of 1): the model is built once at TP1/PP1 on the CPU (on GPU
+machines too: ``initialize_parallel(device=cpu)``, so the path is the one the CPU suite tests), filled
 tensor by tensor from lazily opened safetensors shards, and saved with dist_checkpointing, whose layout-free keys
 let any TP×PP layout load it. Host memory: the megatron model once, plus the few HF tensors of one layer entry.
 """
@@ -45,7 +46,7 @@ def hf_to_mcore(hf_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
                      params_dtype=hf_params_dtype(source.config), tokenizer=tokenizer,
                      generation_config=source.optional_json(GENERATION_CONFIG_NAME))
     with staged_output(out) as staging:
-        ctx = initialize_parallel(1, 1)
+        ctx = initialize_parallel(1, 1, device=torch.device("cpu"))  # a host-side tool, on GPU machines too
         try:
             options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
             model = build_gpt_model(arch, ctx, padded_vocab_size=padded, options=options)
@@ -85,7 +86,7 @@ def _mcore_tensor(mcore_name: str, rule, source: HFCheckpoint, arch: ModelArchit
         return rule.to_mcore(source.read, arch)
     assert isinstance(rule, VocabRows)
     hf_rows = source.read(rule.name, (arch.vocab_size, arch.hidden_size))  # [V_hf, h]
-    out = torch.zeros(rows, arch.hidden_size, dtype=hf_rows.dtype)  # [V_padded, h]; padding rows stay zero
+    out = torch.zeros(rows, arch.hidden_size, dtype=hf_rows.dtype, device=hf_rows.device)  # [V_padded, h], 0 padding
     kept = min(rows, arch.vocab_size)  # rows beyond the real vocabulary may be dropped (never predicted)
     out[:kept] = hf_rows[:kept]
     return out

@@ -115,7 +115,7 @@ def _generation_config(meta: ModelMeta, tokenizer_dir: str | Path | None) -> tup
 def _export_weights(source: Path, staging: Path, meta: ModelMeta, *, where: str, max_shard_bytes: int,
                     progress: bool) -> None:
     """Build the TP1/PP1 model, load ``source`` into it and stream its HF tensors into ``staging``'s shards."""
-    ctx = initialize_parallel(1, 1)
+    ctx = initialize_parallel(1, 1, device=torch.device("cpu"))  # a host-side tool, on GPU machines too
     try:
         options = BuildOptions(params_dtype=meta.params_dtype, use_te=False, perform_initialization=False)
         model = build_gpt_model(meta.architecture, ctx, padded_vocab_size=meta.padded_vocab_size, options=options)
@@ -141,7 +141,7 @@ def hf_tensors(model: GPTModel, arch: ModelArchitecture, *, dtype: torch.dtype, 
         if bad:
             raise ConversionError(f"{source}: tensor {mcore_name} has {bad} non-finite values (NaN/Inf); refusing "
                                   "to export a diverged model (export an earlier checkpoint)")
-        tensor = tensor.to(dtype)
+        tensor = tensor.to("cpu", dtype)  # safetensors are written from host memory
         if isinstance(rule, str):
             yield rule, tensor
         elif isinstance(rule, VocabRows):

@@ -85,11 +85,12 @@ class StepBatches:
     """Produces each step's micro-batches for one data-parallel rank."""
 
     def __init__(self, order: GlobalSampleOrder, *, global_batch: int, micro_batch: int, dp_rank: int,
-                 dp_size: int, seq_length: int, loss_sections, packing: bool) -> None:
+                 dp_size: int, seq_length: int, loss_sections, packing: bool, cu_seqlens: bool = False) -> None:
+        """``cu_seqlens``: batches also carry THD document boundaries (a model uses ``AttentionInput.THD``)."""
         check_batch_sizes(global_batch=global_batch, micro_batch=micro_batch, dp=dp_size)
         self.order, self.global_batch, self.micro_batch = order, global_batch, micro_batch
         self.dp_rank, self.dp_size, self.seq_length = dp_rank, dp_size, seq_length
-        self.loss_sections, self.packing = loss_sections, packing
+        self.loss_sections, self.packing, self.cu_seqlens = loss_sections, packing, cu_seqlens
 
     @property
     def num_microbatches(self) -> int:
@@ -101,7 +102,8 @@ class StepBatches:
         return [bins.document(int(doc), limit=self.seq_length) for doc in plan]
 
     def step(self, consumed_samples: int) -> list[Batch]:
-        """Micro-batches of the step that starts at ``consumed_samples`` (a multiple of the global batch)."""
+        """Micro-batches (on the host) of the step that starts at ``consumed_samples`` (a multiple of the global
+        batch); the forward step moves each to the device as it is consumed."""
         per_rank = self.global_batch // self.dp_size
         first = consumed_samples + self.dp_rank * per_rank
         batches = []
@@ -109,5 +111,5 @@ class StepBatches:
             start = first + m * self.micro_batch
             samples = [self._sample(i) for i in range(start, start + self.micro_batch)]
             batches.append(collate(samples, seq_length=self.seq_length, loss_sections=self.loss_sections,
-                                   packing=self.packing))
+                                   packing=self.packing, cu_seqlens=self.cu_seqlens))
         return batches

@@ -30,7 +30,8 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
     embedding when the weights are tied and PP > 1, kept equal by megatron-core). Logits come out vocab-parallel,
     ``[b, s, padded_vocab_size / tp]``; columns ≥ the real vocabulary must be masked by the loss.
     megatron-core reads the stage's layer offset from its parallel state, which ``ctx`` describes. ``model``
-    names the model ("student", "teacher") in layout errors.
+    names the model ("student", "teacher") in layout errors. The model is returned on ``ctx.device`` (on GPUs
+    megatron-core already allocates it there; on CPU initialization it is moved).
     """
     if padded_vocab_size % ctx.tp_size:
         raise ValueError(f"padded vocabulary size {padded_vocab_size} is not divisible by "
@@ -38,7 +39,8 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
     use_te = resolve_use_te(options.use_te, fp8=options.fp8 is not None)
     check_attention_heads(ctx.tp_size, heads=arch.num_attention_heads, kv_heads=arch.num_query_groups, model=model)
     check_layers(ctx.pp_size, num_layers=arch.num_layers, model=model)
-    config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te)
+    config = transformer_config(arch, options, tp_size=ctx.tp_size, pp_size=ctx.pp_size, use_te=use_te,
+                                device=ctx.device)
     gpt = GPTModel(
         config=config,
         transformer_layer_spec=gpt_layer_spec(arch, use_te=use_te),
@@ -54,7 +56,7 @@ def build_gpt_model(arch: ModelArchitecture, ctx: ParallelContext, *, padded_voc
         rope_scaling_factor=arch.rope_scaling_factor or 8.0,  # unused when rope_scaling is False
     )
     _params_to_dtype(gpt, options.torch_dtype)
-    return gpt
+    return gpt.to(ctx.device)
 
 
 def _params_to_dtype(model: GPTModel, dtype: torch.dtype) -> None:

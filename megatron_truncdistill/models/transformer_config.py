@@ -31,6 +31,9 @@ class BuildOptions(ModelBuildFields):
     """Megatron sequence parallelism (TP > 1, GPU only)."""
     perform_initialization: bool = True
     """Random-initialize parameters; off when the weights are loaded right after (saves minutes on big models)."""
+    calculate_per_token_loss: bool = False
+    """megatron-core's per-token loss convention: the loss function returns Σ tokens and its token count, and
+    gradients are divided by the step's global token count (DDP reads it when it is built: a build option)."""
 
     @classmethod
     def from_fields(cls, build: ModelBuildFields, **run_options) -> "BuildOptions":
@@ -43,10 +46,13 @@ class BuildOptions(ModelBuildFields):
 
 
 def transformer_config(arch: ModelArchitecture, options: BuildOptions, *, tp_size: int, pp_size: int,
-                       use_te: bool) -> TransformerConfig:
-    """The megatron-core config for ``arch`` at this TP×PP size; ``use_te`` is the resolved layer-spec choice."""
+                       use_te: bool, device: torch.device | None = None) -> TransformerConfig:
+    """The megatron-core config for ``arch`` at this TP×PP size; ``use_te`` is the resolved layer-spec choice.
+
+    ``device`` (the run's, ``ParallelContext.device``): parameters are allocated on the host when it is the CPU,
+    on the GPU otherwise; None = the CPU unless CUDA is available."""
     _check_options(options, tp_size=tp_size)
-    on_cpu = not torch.cuda.is_available()
+    on_cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
     fused = use_te and not on_cpu  # the fused kernels (RoPE, softmax, bias-act) come from TE/CUDA
     return TransformerConfig(
         num_layers=arch.num_layers,
@@ -79,6 +85,7 @@ def transformer_config(arch: ModelArchitecture, options: BuildOptions, *, tp_siz
         bias_dropout_fusion=fused,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
+        calculate_per_token_loss=options.calculate_per_token_loss,
         **_fp8_fields(options),
         **_recompute_fields(options.recompute),
     )

@@ -14,6 +14,10 @@ absent:
 
 On a GPU none of this is installed. An unverified megatron-core version fails loudly here (through
 ``mcore_compat``, which every entry point also calls on GPUs) rather than in a half-patched forward pass.
+
+Because CUDA placements land on the host, this runtime alone cannot see a tensor the trainer forgot to move to the
+GPU; ``runtime.device_check`` (``enable_cpu_runtime(device_check=True)`` or ``TRUNCDISTILL_DEVICE_CHECK=1``) adds
+the check that can.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from megatron_truncdistill.mcore_compat import check_megatron_core_version
+from megatron_truncdistill.runtime.device_check import device_check_requested, enable_device_check
 
 _installed = False
 _mode: TorchFunctionMode | None = None
@@ -99,17 +104,22 @@ def _patch_megatron_rng() -> None:
     )
 
 
-def enable_cpu_runtime() -> bool:
-    """Install the CPU runtime once per process. Returns True when active, False on a CUDA machine (no-op)."""
+def enable_cpu_runtime(*, device_check: bool | None = None) -> bool:
+    """Install the CPU runtime once per process. Returns True when active, False on a CUDA machine (no-op).
+
+    ``device_check``: also install the device-discipline check (``runtime.device_check``); None = as the
+    environment says (``TRUNCDISTILL_DEVICE_CHECK``), so that launched ranks inherit it.
+    """
     global _installed, _mode
     if torch.cuda.is_available():
         return False
-    if _installed:
-        return True
-    check_megatron_core_version()
-    _patch_torch_cuda()
-    _patch_megatron_rng()
-    _mode = _CudaToCpuMode()
-    _mode.__enter__()  # stays on this thread's mode stack for the life of the process
-    _installed = True
+    if not _installed:
+        check_megatron_core_version()
+        _patch_torch_cuda()
+        _patch_megatron_rng()
+        _mode = _CudaToCpuMode()
+        _mode.__enter__()  # stays on this thread's mode stack for the life of the process
+        _installed = True
+    if device_check or (device_check is None and device_check_requested()):
+        enable_device_check()
     return True

@@ -21,6 +21,7 @@ from megatron_truncdistill.checkpoint.model_checkpoint import (
 from megatron_truncdistill.config import Config, KDObjectiveFields, ModelConfig
 from megatron_truncdistill.data.bins import SectionedBins, open_bins
 from megatron_truncdistill.data.loader import GlobalSampleOrder, StepBatches, build_sources
+from megatron_truncdistill.data.samples import AttentionInput
 from megatron_truncdistill.errors import ConfigError
 from megatron_truncdistill.flops import DecoderShape, training_flops
 from megatron_truncdistill.losses import KDObjectiveConfig
@@ -33,11 +34,11 @@ from megatron_truncdistill.runtime import enable_cpu_runtime
 from megatron_truncdistill.sections import parse_sections
 from megatron_truncdistill.tokenization import ChatTokenizer, load_tokenizer
 from megatron_truncdistill.training import validation
-from megatron_truncdistill.training.colocated import ColocatedStage
+from megatron_truncdistill.training.colocated import ColocatedStage, attention_input
 from megatron_truncdistill.training.forward_step import ObjectiveSetup, make_forward_step
 from megatron_truncdistill.training.loop import TrainingRun
 from megatron_truncdistill.training.metrics import MetricsLogger
-from megatron_truncdistill.training.optimizer import build_optimizer, install_grad_finalizer, wrap_student_ddp
+from megatron_truncdistill.training.optimizer import build_optimizer, wrap_student_ddp
 from megatron_truncdistill.training.step import MicroBatching
 
 SEQ_MULTIPLE = 16  # automatic seq_length rounds the longest document up to this
@@ -57,7 +58,7 @@ def build_training_run(config: Config) -> TrainingRun:
     """Collective: check everything, then build the run and resume it if ``checkpoint.load`` says so."""
     check_megatron_core_version()
     enable_cpu_runtime()
-    tokenizer = load_tokenizer(config.data.tokenizer)
+    tokenizer = _user_input(load_tokenizer, config.data.tokenizer, key="data.tokenizer")
     plans = [plan_model(config.student, "student")]
     if config.teacher is not None:
         plans.append(plan_model(config.teacher, "teacher"))
@@ -67,32 +68,49 @@ def build_training_run(config: Config) -> TrainingRun:
     par = config.parallel
     ctx = initialize_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
                               seed=config.train.seed)
-    bins = [open_bins(p, tokenizer=tokenizer) for p in config.data.prefixes]
+    bins = [_user_input(open_bins, p, tokenizer=tokenizer) for p in config.data.prefixes]
     seq_length = config.data.seq_length or _auto_seq_length(bins)
     padded = padded_vocab_size(tokenizer.vocab_size, ctx.tp_size)  # one padded size for both models
     student, teacher = _build_models(config, plans, ctx, padded=padded, real_vocab=tokenizer.vocab_size)
     ddp = wrap_student_ddp([student], transformer_config=student.config,
                            use_distributed_optimizer=config.optimizer.use_distributed_optimizer)
-    install_grad_finalizer(student.config, ddp)
     optimizer, scheduler = build_optimizer(ddp, config.optimizer, train_steps=config.train.train_steps,
                                            params_dtype=student.config.params_dtype)
-    train_batches, valid_batches = _batches(config, bins, ctx, seq_length=seq_length)
+    stage = ColocatedStage(ddp[0], teacher, is_last_stage=ctx.is_last_stage, **_attention_inputs(config))
+    train_batches, valid_batches = _batches(config, bins, ctx, seq_length=seq_length,
+                                            cu_seqlens=AttentionInput.THD in stage.attention_inputs)
     setup = ObjectiveSetup(config=objective_config(config), tp_group=ctx.tp_group, vocab_size=tokenizer.vocab_size,
                            fused=config.distill.fused, sequence_parallel=config.parallel.sequence_parallel)
     run = TrainingRun(
-        config=config, ctx=ctx,
-        stage=ColocatedStage(ddp[0], teacher, is_last_stage=ctx.is_last_stage,
-                             packed_thd=config.data.packing and validation.uses_transformer_engine(config)),
-        ddp=ddp, optimizer=optimizer, scheduler=scheduler, train_batches=train_batches, valid_batches=valid_batches,
-        forward_step=make_forward_step(setup),
+        config=config, ctx=ctx, stage=stage, ddp=ddp, optimizer=optimizer, scheduler=scheduler,
+        train_batches=train_batches, valid_batches=valid_batches,
+        forward_step=make_forward_step(setup, device=ctx.device),
         batching=MicroBatching(train_batches.num_microbatches, config.train.micro_batch_size, seq_length),
-        hidden_size=plans[0].arch.hidden_size + (plans[1].arch.hidden_size if teacher is not None else 0),
         flops_per_step=_flops_per_step(config, plans, seq_length, padded),
         student_meta=_student_meta(config, plans[0], tokenizer, padded),
         logger=MetricsLogger(config.logging.run_dir, enabled=dist.get_rank() == 0,
                              tensorboard=config.logging.tensorboard, log_interval=config.logging.log_interval))
     run.start()
     return run
+
+
+def _user_input(load, *args, key: str | None = None, **kwargs):
+    """``load(*args)``; a missing or malformed input file is the user's to fix (``ConfigError``)."""
+    try:
+        return load(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as err:
+        message = str(err)
+        raise ConfigError(message if key is None or message.startswith(key) else f"{key}: {message}") from None
+
+
+def _attention_inputs(config: Config) -> dict[str, AttentionInput | None]:
+    """How each model takes packed documents, decided per model from its own layer implementation."""
+    def decide(model):
+        te = validation.uses_transformer_engine(model)
+        return attention_input(packing=config.data.packing, transformer_engine=te)
+
+    return {"student_attention": decide(config.student),
+            "teacher_attention": decide(config.teacher) if config.teacher is not None else None}
 
 
 def _hf_config(model: ModelConfig, key: str) -> dict:
@@ -125,9 +143,11 @@ def plan_model(model: ModelConfig, key: str) -> ModelPlan:
 
 def build_stage(model: ModelConfig, plan: ModelPlan, ctx: ParallelContext, *, padded_vocab: int,
                 sequence_parallel: bool) -> GPTModel:
-    """This rank's pipeline stage of one model (random init only when no checkpoint will overwrite it)."""
+    """This rank's pipeline stage of one model, on ``ctx.device`` (random init only when no checkpoint will
+    overwrite it). The student is built for megatron-core's per-token loss (``training.step``)."""
     options = BuildOptions.from_fields(model, sequence_parallel=sequence_parallel,
-                                       perform_initialization=model.load is None)
+                                       perform_initialization=model.load is None,
+                                       calculate_per_token_loss=plan.key == "student")
     try:
         return build_gpt_model(plan.arch, ctx, padded_vocab_size=padded_vocab, options=options, model=plan.key)
     except ValueError as err:
@@ -138,7 +158,6 @@ def _build_models(config: Config, plans: list[ModelPlan], ctx: ParallelContext, 
                   real_vocab: int) -> tuple[GPTModel, GPTModel | None]:
     sp = config.parallel.sequence_parallel
     student = build_stage(config.student, plans[0], ctx, padded_vocab=padded, sequence_parallel=sp)
-    student.config.calculate_per_token_loss = True  # loss = Σ tokens; grads divided by the global token count
     if config.student.load:
         load_model_checkpoint([student], config.student.load, real_vocab_size=real_vocab)
     teacher = None
@@ -156,8 +175,8 @@ def _auto_seq_length(bins: list[SectionedBins]) -> int:
     return -(-longest // SEQ_MULTIPLE) * SEQ_MULTIPLE
 
 
-def _batches(config: Config, bins: list[SectionedBins], ctx: ParallelContext, *,
-             seq_length: int) -> tuple[StepBatches, StepBatches | None]:
+def _batches(config: Config, bins: list[SectionedBins], ctx: ParallelContext, *, seq_length: int,
+             cu_seqlens: bool) -> tuple[StepBatches, StepBatches | None]:
     d, t = config.data, config.train
     sections = parse_sections(config.distill.loss_sections)
 
@@ -168,7 +187,7 @@ def _batches(config: Config, bins: list[SectionedBins], ctx: ParallelContext, *,
                                   blend_size=sum(len(s.plans) for s in sources))
         return StepBatches(order, global_batch=t.global_batch_size, micro_batch=t.micro_batch_size,
                            dp_rank=ctx.dp_rank, dp_size=ctx.dp_size, seq_length=seq_length, loss_sections=sections,
-                           packing=d.packing)
+                           packing=d.packing, cu_seqlens=cu_seqlens)
 
     valid = batches("valid") if t.eval_interval > 0 and d.valid_fraction > 0 else None
     return batches("train"), valid

@@ -1,4 +1,8 @@
-"""megatron-core's ``forward_step(data_iterator, model) -> (output, loss_func)`` for co-located distillation."""
+"""megatron-core's ``forward_step(data_iterator, model) -> (output, loss_func)`` for co-located distillation.
+
+The forward step is where a micro-batch leaves the host: ``Batch.to(device)`` moves it once, as megatron-core's
+schedule consumes it, and the stage and the loss function both read the moved batch.
+"""
 
 from __future__ import annotations
 
@@ -48,11 +52,12 @@ def _loss_func(stage, setup: ObjectiveSetup, batch: Batch, output):
     return terms.loss_sum, terms.num_tokens.detach().round().to(torch.int), terms.stats()
 
 
-def make_forward_step(setup: ObjectiveSetup):
-    """The function handed to megatron-core's schedule: next micro-batch through the stage, and its loss."""
+def make_forward_step(setup: ObjectiveSetup, *, device: torch.device):
+    """The function handed to megatron-core's schedule: next micro-batch to ``device``, through the stage, and
+    its loss function (labels, mask and sections read from the moved batch)."""
 
     def forward_step(data_iterator, model):
-        batch = next(data_iterator)
+        batch = next(data_iterator).to(device)  # the one host-to-device move of this micro-batch
         return model(batch), partial(_loss_func, model, setup, batch)
 
     return forward_step

@@ -47,6 +47,8 @@ def step_record(stats: dict[str, float], *, step: int, step_time_s: float, flops
         "tflops_teacher": flops_per_step["teacher"] / step_time_s / world_size / 1e12,
         "mfu": tflops_per_device / peak_tflops if peak_tflops else None,
         "peak_mem_bytes": peak_memory_bytes(),
+        "skipped": bool(stats["skipped"]),
+        "non_finite": stats["non_finite"],
     }
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
 
@@ -101,7 +103,9 @@ def _console_line(r: dict, total_steps: int | None) -> str:
     eta = ""
     if total_steps and r.get("step_time_s"):
         eta = f" | ETA {max(total_steps - r['step'], 0) * r['step_time_s']:.0f}s"
-    return (f"step {r['step']:>6}{'/' + str(total_steps) if total_steps else ''} | loss {_fmt(r['loss'], '.4f')} "
+    skipped = f" | SKIPPED (non-finite {r['non_finite']})" if r.get("skipped") and r.get("non_finite") else ""
+    return (f"step {r['step']:>6}{'/' + str(total_steps) if total_steps else ''}{skipped} "
+            f"| loss {_fmt(r['loss'], '.4f')} "
             f"| kd {_fmt(r['kd_loss'], '.4f')} | ce {_fmt(r['ce_loss'], '.4f')} | kd cot {_fmt(r['kd_cot'], '.4f')} "
             f"| lr {r['lr']:.2e} | gnorm {_fmt(r['grad_norm'], '.3f')} | {r['tokens_per_s']:.0f} tok/s "
             f"| {r['step_time_s']:.2f}s/step | {r['tflops_per_device']:.3f} TFLOP/s/dev | mem "

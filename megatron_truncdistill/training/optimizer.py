@@ -1,13 +1,14 @@
 """Student-only DDP, megatron-core optimizer and LR schedule.
 
-The teacher never appears here: it is frozen, outside DDP and outside the optimizer. How the optimizer's state is
-checkpointed (and megatron-core 0.16's bugs around it) is ``checkpoint.optimizer_state``'s business.
+The teacher never appears here: it is frozen, outside DDP and outside the optimizer. How the schedule reaches the
+student's grad-sync hooks is ``ColocatedStage``'s business; how the optimizer's state is checkpointed (and
+megatron-core 0.16's bugs around it) is ``checkpoint.optimizer_state``'s.
 """
 
 from __future__ import annotations
 
 import torch
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -16,25 +17,21 @@ from megatron_truncdistill.config import OptimizerConfig
 
 
 def wrap_student_ddp(student_chunks: list, *, transformer_config, use_distributed_optimizer: bool) -> list:
-    """Wrap each student model chunk in megatron-core DDP (fp32 grad buffers, overlap off for determinism)."""
+    """Wrap each student model chunk in megatron-core DDP (fp32 grad buffers, overlap off for determinism).
+
+    DDP reads ``calculate_per_token_loss`` from the chunk's config when it is built (no 1/DP averaging of the
+    gradients: ``finalize_model_grads`` divides by the global token count instead), so the chunk must be built
+    with it (``BuildOptions.calculate_per_token_loss``).
+    """
+    if not transformer_config.calculate_per_token_loss:
+        raise ValueError("the student must be built with calculate_per_token_loss=True (the loss functions return "
+                         "token sums; DDP must not average over data-parallel ranks)")
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         use_distributed_optimizer=use_distributed_optimizer,
         overlap_grad_reduce=False,
     )
     return [DistributedDataParallel(transformer_config, ddp_config, chunk) for chunk in student_chunks]
-
-
-def install_grad_finalizer(transformer_config, ddp_chunks: list) -> None:
-    """Point the schedule's grad-sync hooks at the student's DDP chunks.
-
-    The pipeline schedule calls ``config.finalize_model_grads_func(models, num_tokens)`` with whatever it was
-    given as ``model`` (our co-located stage wrapper); the grads to finish live in the student's DDP chunks.
-    """
-    transformer_config.no_sync_func = ddp_chunks[0].no_sync
-    transformer_config.finalize_model_grads_func = lambda _models, num_tokens=None, **kw: finalize_model_grads(
-        ddp_chunks, num_tokens
-    )
 
 
 def build_optimizer(ddp_chunks: list, settings: OptimizerConfig, *, train_steps: int, params_dtype):

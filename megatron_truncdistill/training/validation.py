@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from megatron_truncdistill.config import Config
+from megatron_truncdistill.config import Config, ModelConfig
 from megatron_truncdistill.errors import ConfigError
 from megatron_truncdistill.layout import check_attention_heads, check_batch_sizes, check_layers, data_parallel_size
 from megatron_truncdistill.models.layer_spec import resolve_use_te, transformer_engine_available
 
 
-def uses_transformer_engine(config: Config) -> bool:
-    """Whether the student's layers will be Transformer Engine's (decides how packed documents are passed)."""
-    return resolve_use_te(config.student.use_te, fp8=config.student.fp8 is not None)
+def uses_transformer_engine(model: ModelConfig) -> bool:
+    """Whether this model's layers will be Transformer Engine's (decides how it takes packed documents)."""
+    return resolve_use_te(model.use_te, fp8=model.fp8 is not None)
+
+
+def thd_models(config: Config) -> list[str]:
+    """The models that take packed documents as THD sequences (packing with Transformer Engine layers)."""
+    models = {"student": config.student, "teacher": config.teacher}
+    return [k for k, m in models.items() if m is not None and config.data.packing and uses_transformer_engine(m)]
 
 
 def check_layout(config: Config, plans: list, *, world_size: int) -> None:
@@ -25,9 +31,11 @@ def check_layout(config: Config, plans: list, *, world_size: int) -> None:
                               model=plan.key)
         check_layers(pp, num_layers=plan.arch.num_layers, model=plan.key)
     t = config.train
-    if config.data.packing and uses_transformer_engine(config) and t.micro_batch_size != 1:
+    thd = thd_models(config)
+    if thd and t.micro_batch_size != 1:
         raise ConfigError(f"train.micro_batch_size={t.micro_batch_size}: packed documents go to Transformer Engine "
-                          "as one THD sequence per micro-batch; use micro_batch_size=1 with data.packing")
+                          f"({' and '.join(thd)}) as one THD sequence per micro-batch; use micro_batch_size=1 with "
+                          "data.packing")
     check_batch_sizes(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size, dp=dp)
 
 

@@ -33,6 +33,7 @@ def _losses(tp, pp, world, init_dir, **kw):
     return _run(tp, pp, world, init_dir, **kw)["losses"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["adam", "distopt"])
 def test_every_layout_matches_tp1(init_dir, distributed_optimizer):
     reference = _losses(1, 1, 1, init_dir, steps=STEPS, distributed_optimizer=distributed_optimizer)
