@@ -16,6 +16,9 @@ class Section(IntEnum):
 
 
 SECTION_NAMES = tuple(s.name for s in Section)
+NO_SECTION = 255
+"""Code of tokens that belong to no section (padding, an appended end-of-document token): they match no
+``Section``, so they never carry loss in this trainer and never count in a per-section statistic."""
 
 
 def parse_sections(names) -> tuple[Section, ...]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-PAD_SECTION = 255  # section code of padding positions: matches no Section, so no loss and no per-section stat
+from megatron_truncdistill.sections import NO_SECTION
 
 
 def plan_samples(lengths: np.ndarray, doc_ids: np.ndarray, *, seq_length: int, packing: bool) -> list[np.ndarray]:
@@ -65,7 +65,7 @@ class Batch:
     tokens: torch.Tensor  # [b, s] int64 input ids
     labels: torch.Tensor  # [b, s] int64 next-token ids (0 where there is no prediction)
     loss_mask: torch.Tensor  # [b, s] float32: 1 where the label counts in the loss
-    sections: torch.Tensor  # [b, s] uint8 section code of each label (PAD_SECTION where none)
+    sections: torch.Tensor  # [b, s] uint8 section code of each label (NO_SECTION where none)
     position_ids: torch.Tensor  # [b, s] int64, restarting at 0 for every packed document
     real_tokens: int  # tokens that are not padding (what the batch costs usefully)
     packed: bool = False  # documents are packed: attention must be confined to each (``block_causal_mask``)
@@ -130,7 +130,7 @@ def collate(samples: list[list[tuple[np.ndarray, np.ndarray]]], *, seq_length: i
     rows = []
     for documents in samples:
         row = {"tokens": np.zeros(seq_length, np.int64), "labels": np.zeros(seq_length, np.int64),
-               "sections": np.full(seq_length, PAD_SECTION, np.uint8), "loss_mask": np.zeros(seq_length, np.float32),
+               "sections": np.full(seq_length, NO_SECTION, np.uint8), "loss_mask": np.zeros(seq_length, np.float32),
                "position_ids": np.zeros(seq_length, np.int64), "spans": []}
         _fill_row(documents, seq_length=seq_length, loss_codes=loss_codes, row=row)
         if packing:  # the padding tail is one more document (finite softmax; carries no loss)

@@ -20,13 +20,10 @@ from megatron_truncdistill.preprocess.records import RecordSpec, Reject, Trace, 
 from megatron_truncdistill.preprocess.rendering import (AssistantLayout, Rendered, generation_prompt_tokens,
                                                        probe_layout, render_trace)
 from megatron_truncdistill.preprocess.truncation import TruncationPolicy, truncate
-from megatron_truncdistill.sections import Section
+from megatron_truncdistill.sections import NO_SECTION, Section
 from megatron_truncdistill.tokenization import ChatTokenizer, TokenizerError, load_tokenizer
 
 _SECTION_CODES = np.array([Section.PROMPT, Section.COT, Section.ANSWER], dtype=np.uint8)
-# Section code of an appended end-of-document token: no Section, so the trainer gives it no loss and no statistic.
-# Equal to data.samples.PAD_SECTION (a test holds them equal; that module imports torch, which workers must not).
-EOD_SECTION = 255
 
 
 @dataclass(frozen=True)
@@ -218,7 +215,7 @@ class DocumentProcessor:
         stats.tokens_after += np.bincount(kept_sections, minlength=3)
         if self.eod is not None:
             kept_ids = np.append(kept_ids, self.eod[1])  # [k + 1]
-            kept_sections = np.append(kept_sections, np.uint8(EOD_SECTION))
+            kept_sections = np.append(kept_sections, np.uint8(NO_SECTION))
         stats.source_lengths[int(ids.size).bit_length()] += 1
         stats.written_lengths[int(kept_ids.size).bit_length()] += 1
         return kept_ids, kept_sections

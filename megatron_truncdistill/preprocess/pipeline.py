@@ -23,12 +23,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from megatron_truncdistill.preprocess.document import EOD_SECTION, ChunkResult, DocumentProcessor, Job, Stats
+from megatron_truncdistill.preprocess.document import ChunkResult, DocumentProcessor, Job, Stats
 from megatron_truncdistill.preprocess.manifest import build_manifest
 from megatron_truncdistill.preprocess.readers import (InputError, RawRecord, Reader, expand_inputs, file_sha256,
                                                      input_files)
 from megatron_truncdistill.preprocess.rendering import TemplateError
 from megatron_truncdistill.errors import UserError
+from megatron_truncdistill.sections import NO_SECTION
 from megatron_truncdistill.tokenization import TokenizerError
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def _open(cfg: PreprocessConfig) -> tuple[list, DocumentProcessor, Reader, "Data
 
 def _settings(cfg: PreprocessConfig, probe: DocumentProcessor) -> dict:
     """The manifest's record of how the documents were made (README.md here: the manifest's fields)."""
-    eod = None if probe.eod is None else {"token": probe.eod[0], "id": probe.eod[1], "section_code": EOD_SECTION}
+    eod = None if probe.eod is None else {"token": probe.eod[0], "id": probe.eod[1], "section_code": NO_SECTION}
     return {"protocol": cfg.protocol, "chat_layout": probe.layout.to_json(),
             "records": dataclasses.asdict(cfg.job.spec),
             "truncation": {**cfg.job.policy.to_json(), "generation_prompt_tokens": probe.tail},

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gloo_ranks import run_gloo_ranks
-from megatron_truncdistill.data.samples import PAD_SECTION, block_causal_mask, collate, plan_samples
+from megatron_truncdistill.data.samples import block_causal_mask, collate, plan_samples
+from megatron_truncdistill.sections import NO_SECTION
 from megatron_truncdistill.sections import Section
 
 P, C, A = int(Section.PROMPT), int(Section.COT), int(Section.ANSWER)
@@ -31,7 +32,7 @@ def test_padded_sample_labels_mask_and_sections():
     batch = collate([[DOCS[0]]], seq_length=8, loss_sections=[Section.COT, Section.ANSWER], packing=False)
     assert batch.tokens[0].tolist() == [10, 11, 12, 13, 14, 0, 0, 0]
     assert batch.labels[0, :4].tolist() == [11, 12, 13, 14]
-    assert batch.sections[0].tolist() == [P, C, C, A] + [PAD_SECTION] * 4  # section of the predicted token
+    assert batch.sections[0].tolist() == [P, C, C, A] + [NO_SECTION] * 4  # section of the predicted token
     assert batch.loss_mask[0].tolist() == [0, 1, 1, 1, 0, 0, 0, 0]
     assert not batch.packed and batch.real_tokens == 5 and batch.cu_seqlens is None
 

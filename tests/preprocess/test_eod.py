@@ -11,12 +11,12 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_truncdistill.data.samples import PAD_SECTION, collate
-from megatron_truncdistill.preprocess.document import EOD_SECTION, FilterConfig, Job
+from megatron_truncdistill.data.samples import collate
+from megatron_truncdistill.preprocess.document import FilterConfig, Job
 from megatron_truncdistill.preprocess.pipeline import PreprocessConfig, PreprocessError, run
 from megatron_truncdistill.preprocess.records import RecordSpec
 from megatron_truncdistill.preprocess.truncation import make_policy
-from megatron_truncdistill.sections import Section
+from megatron_truncdistill.sections import NO_SECTION, Section
 
 ENDOFTEXT = 151643  # Qwen3 <|endoftext|> (its pad token; the template never writes it)
 
@@ -29,9 +29,9 @@ def _run(src, prefix, tokenizer, *, eod_token="<|endoftext|>", lsp="0.1"):
 
 def test_eod_section_is_the_no_loss_code_of_the_trainer():
     """The EOD token is tagged 255 (no Section): our trainer gives it no loss whatever ``loss_sections`` says."""
-    assert EOD_SECTION == PAD_SECTION and EOD_SECTION not in set(Section)
+    assert NO_SECTION not in set(Section)
     tokens = np.array([5, 6, 7, ENDOFTEXT])
-    sections = np.array([Section.PROMPT, Section.COT, Section.ANSWER, EOD_SECTION], dtype=np.uint8)
+    sections = np.array([Section.PROMPT, Section.COT, Section.ANSWER, NO_SECTION], dtype=np.uint8)
     batch = collate([[(tokens, sections)]], seq_length=6, loss_sections=tuple(Section), packing=False)
     assert batch.loss_mask[0].tolist() == [1, 1, 0, 0, 0, 0]  # predicting COT, ANSWER count; predicting EOD does not
 
@@ -40,12 +40,12 @@ def test_appended_eod_marks_document_boundaries_for_megatron_gpt_dataset(tmp_pat
     rows = traces.short_rows(traces.r1, 6)
     src = traces.write_jsonl(tmp_path / "r1.jsonl", rows)
     manifest = _run(src, tmp_path / "eod", qwen3_dir)
-    assert manifest["eod"] == {"token": "<|endoftext|>", "id": ENDOFTEXT, "section_code": EOD_SECTION}
+    assert manifest["eod"] == {"token": "<|endoftext|>", "id": ENDOFTEXT, "section_code": NO_SECTION}
     tokens, sections = IndexedDataset(str(tmp_path / "eod_tokens")), IndexedDataset(str(tmp_path / "eod_sections"))
     plain = _plain_lengths(src, tmp_path, qwen3_dir)
     for i in range(len(rows)):
         assert tokens[i][-1] == ENDOFTEXT and np.count_nonzero(tokens[i] == ENDOFTEXT) == 1
-        assert sections[i][-1] == EOD_SECTION and np.all(sections[i][:-1] <= Section.ANSWER)
+        assert sections[i][-1] == NO_SECTION and np.all(sections[i][:-1] <= Section.ANSWER)
         assert tokens[i].size == plain[i] + 1
     assert sum(manifest["tokens_after_truncation"].values()) == sum(plain)  # the EOD is no section's token
 

@@ -72,7 +72,7 @@ def test_teacher_frozen_student_learns(tiny, tmp_path):
 def _hidden_grads_by_section(config):
     """Rank function: one micro-batch through the trainer's own forward step and the loss function it hands to
     megatron-core; |d loss / d student final hidden state| per position, grouped by the label's section."""
-    from megatron_truncdistill.data.samples import PAD_SECTION
+    from megatron_truncdistill.sections import NO_SECTION
     from megatron_truncdistill.sections import Section
     from megatron_truncdistill.training.assembly import build_training_run
 
@@ -84,7 +84,7 @@ def _hidden_grads_by_section(config):
     loss_sum.backward()
     per_token = leaf.grad.abs().sum(-1).transpose(0, 1)  # [s, b, h] -> [b, s]
     out = {s.name: float(per_token[batch.sections == s].max()) for s in Section}
-    out["PAD"] = float(per_token[batch.sections == PAD_SECTION].max())
+    out["PAD"] = float(per_token[batch.sections == NO_SECTION].max())
     out.update(num_tokens=int(num_tokens), mask_tokens=int(batch.loss_mask.sum()),
                kd_sums=[float(stats[f"section_kd_sum_{s.name.lower()}"]) for s in Section])
     run.close()
