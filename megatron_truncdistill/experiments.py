@@ -6,6 +6,7 @@ greedy generation on a loaded checkpoint), so a study measures exactly what user
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -44,9 +45,14 @@ def launch_trainer(config: dict, *, path: Path, ranks: int, overrides: list[str]
     log("torchrun " + " ".join(cmd[3:]), tag=tag)
     start = time.perf_counter()
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.run(cmd, env=env, stderr=subprocess.STDOUT)
+    tail: collections.deque[str] = collections.deque(maxlen=40)  # the trainer's last lines, for the error
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:  # echoed live: the trainer's progress is the experiment's progress
+            sys.stdout.write(line)
+            tail.append(line)
     if proc.returncode != 0:
-        raise RuntimeError(f"trainer failed with exit code {proc.returncode} (config {path})")
+        raise RuntimeError(f"trainer failed with exit code {proc.returncode} (config {path}); its last lines:\n"
+                           + "".join(tail))
     return time.perf_counter() - start
 
 

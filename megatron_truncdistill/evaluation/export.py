@@ -78,7 +78,7 @@ def _checkpoint_directory(path: Path) -> Path:
 
 def _tokenizer_directory(directory: Path, tokenizer: str | None) -> str:
     """``--tokenizer``, else the tokenizer directory the checkpoint records (the trainer writes its path)."""
-    from megatron_truncdistill.convert.model_checkpoint import read_model_meta
+    from megatron_truncdistill.checkpoint.model_checkpoint import read_model_meta
 
     if tokenizer is not None:
         return tokenizer
